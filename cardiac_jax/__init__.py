@@ -1,0 +1,1 @@
+"""cardiac_jax."""

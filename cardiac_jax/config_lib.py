@@ -1,0 +1,147 @@
+"""The shared base configuration and the named presets (scale1/2/3, debug).
+
+configs/*.py are thin files over these functions so that notebooks, tests and
+experiments can build the same configs by name without path tricks.
+
+Every field that can change the generated dataset lives under ``config.data`` so
+that the dataset cache key can be derived from it alone.
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+POPULATIONS = ("IPSC", "MES", "CMES", "PROG", "CM", "CF")
+DAYS = ("day0", "day1", "day3", "day5", "day7", "day11", "day15")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.name = "base"
+  config.seed = 0
+
+  # ---------------------------------------------------------------- data
+  data = config.data = ml_collections.ConfigDict()
+  data.source = "simulator"            # "simulator" | "h5ad"
+  data.path = ""                       # .h5ad path when source == "h5ad"
+  data.counts_layer = ""               # "" = counts in X, else layers[counts_layer]
+  data.population_key = "type"
+  data.time_key = "diffday"
+  data.donor_key = "individual"
+  data.classes = POPULATIONS           # order defines the label ids
+  data.drop_labels = ("UNK",)
+  data.time_order = ()                 # () = derived from the labels (day0 < day1 < ...)
+  data.cache_dir = ""                  # "" = $CARDIAC_JAX_CACHE or ~/.cache/cardiac_jax
+
+  data.simulator = ml_collections.ConfigDict()
+  data.simulator.n_cells = 30_000
+  data.simulator.n_genes = 2_000
+  data.simulator.n_donors = 19
+  data.simulator.seed = 0
+
+  data.spatial = ml_collections.ConfigDict()
+  data.spatial.enabled = True
+  data.spatial.source = "simulator"    # "simulator" | "h5ad"
+  data.spatial.path = ""
+  data.spatial.n_spots = 6_000         # simulator only (approximate: hex grid)
+  data.spatial.cells_per_spot = 8      # simulator only
+  data.spatial.tile_size = 8           # spots per tile side; tiles are the unit of splitting
+  data.spatial.min_shared_genes = 200
+  data.spatial.seed = 0
+
+  data.preprocess = ml_collections.ConfigDict()
+  data.preprocess.target_sum = 1e4
+  data.preprocess.n_hvg = 2_000
+  data.preprocess.n_pcs = 50
+  data.preprocess.max_value = 10.0     # clip after scaling
+
+  data.split = ml_collections.ConfigDict()
+  data.split.fractions = (0.65, 0.25, 0.10)   # train / validation / test
+  data.split.group_by_donor = False
+  data.split.seed = 0
+
+  data.sequences = ml_collections.ConfigDict()
+  data.sequences.length = 80
+  data.sequences.per_population = 1_000       # temporal sequences per class (all splits)
+  data.sequences.spatial_total = 500          # spatial sequences (all splits)
+  data.sequences.k_neighbors = 10
+  data.sequences.observed_fraction = 1.0      # < 1 hides the tail (early fate prediction)
+  data.sequences.time_shuffle = False         # ablation: permute visible steps in time
+  data.sequences.seed = 0
+
+  # ---------------------------------------------------------------- model
+  model = config.model = ml_collections.ConfigDict()
+  model.width = config_dict.placeholder(int)   # None = adaptive (see scaling.py)
+  model.depth = config_dict.placeholder(int)
+  model.num_heads = 4
+  model.mlp_ratio = 2
+  model.dropout_min = 0.1                      # first block
+  model.dropout_max = 0.3                      # last block
+  model.attention_dropout = 0.0
+  model.norm = "batch"                         # "batch" | "layer"
+  model.dtype = "auto"                         # "auto" | "float32" | "bfloat16"
+
+  # ---------------------------------------------------------------- train
+  train = config.train = ml_collections.ConfigDict()
+  train.auto_scale = True
+  train.batch_size = config_dict.placeholder(int)   # None = adaptive
+  train.num_epochs = config_dict.placeholder(int)   # None = adaptive
+  train.learning_rate = 1e-3
+  train.min_learning_rate = 1e-5
+  train.warmup_epochs = 1.0
+  train.first_cycle_epochs = 10.0
+  train.cycle_mult = 2.0
+  train.cycle_decay = 1.0                     # peak lr multiplier after each restart
+  train.grad_clip_norm = 1.0
+  train.b1 = 0.9
+  train.b2 = 0.999
+  train.label_smoothing_start = 0.15
+  train.label_smoothing_end = 0.045
+  train.weight_decay_start = 0.01
+  train.weight_decay_end = 0.10
+  train.early_stopping_patience = 15
+  train.early_stopping_metric = "val_acc"     # "val_acc" (max) | "val_loss" (min)
+  train.keep_checkpoints = 3
+  train.eval_batch_size = 1024
+  train.progress_bar = True
+
+  # ---------------------------------------------------------------- monitor
+  monitor = config.monitor = ml_collections.ConfigDict()
+  monitor.moderate_gap = 0.08
+  monitor.significant_gap = 0.15
+  monitor.target_test_acc = 0.75
+  monitor.target_gap = 0.05
+  monitor.val_test_tolerance = 0.03
+  return config
+
+
+# Sequences per population and spatial sequences of the progressive-scaling design.
+SCALES = {"scale1": (1_000, 500), "scale2": (1_500, 750), "scale3": (2_000, 1_000)}
+
+
+def preset(name: str) -> ml_collections.ConfigDict:
+  """Returns the named preset: one of SCALES, "debug" or "base"."""
+  config = base_config()
+  config.name = name
+  if name in SCALES:
+    config.data.sequences.per_population, config.data.sequences.spatial_total = SCALES[name]
+  elif name == "debug":
+    # Seconds on a CPU, for tests and notebooks.
+    config.data.simulator.n_cells = 3_000
+    config.data.simulator.n_genes = 400
+    config.data.spatial.n_spots = 600
+    config.data.preprocess.n_hvg = 300
+    config.data.preprocess.n_pcs = 16
+    config.data.sequences.length = 16
+    config.data.sequences.per_population = 40
+    config.data.sequences.spatial_total = 20
+    config.model.width = 32
+    config.model.depth = 1
+    config.train.batch_size = 16
+    config.train.num_epochs = 3
+    config.train.first_cycle_epochs = 2.0
+    config.train.early_stopping_patience = 3
+    config.train.progress_bar = False
+  elif name != "base":
+    raise ValueError(f"unknown preset {name!r}; choose one of {sorted(SCALES) + ['debug', 'base']}")
+  return config

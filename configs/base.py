@@ -1,0 +1,6 @@
+"""The 'base' preset (see cardiac_jax/config_lib.py)."""
+from cardiac_jax import config_lib
+
+
+def get_config():
+  return config_lib.preset("base")
