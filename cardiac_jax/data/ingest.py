@@ -1,0 +1,338 @@
+"""Real-data ingest: AnnData in, validated `Cells` / `Spots` out.
+
+Everything downstream (splits, preprocessing, walks) indexes the arrays built
+here, so this is the one place that checks the input: obs keys, labels, time
+points and that the matrix holds raw counts. The checks look only at the stored
+values of a sparse matrix (``.data``) or at row chunks of a dense one, so a
+230K-cell matrix is validated without a dense copy.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+from typing import Any, Iterable, Sequence
+
+from absl import logging
+import anndata as ad
+import h5py
+import numpy as np
+import scipy.sparse as sp
+
+from cardiac_jax.data.errors import DataError
+
+# A log1p(1e4-normalised) matrix tops out near log1p(1e4) ~ 9.2; raw counts with
+# non-integer values and a maximum this small are almost surely log-normalised.
+_LOG_NORMALISED_MAX = 20.0
+_DENSE_CHUNK_ROWS = 8_192
+_TIME_LABEL = re.compile(r"^\s*([A-Za-z]*)[\s_.:-]*(\d+(?:\.\d+)?)\s*$")
+
+
+@dataclasses.dataclass
+class Cells:
+  """Single cells ready for splitting and preprocessing (see ARCHITECTURE.md)."""
+  counts: sp.csr_matrix          # (n, g) float32 raw counts
+  gene_names: np.ndarray         # (g,) str
+  labels: np.ndarray             # (n,) int32 index into class_names
+  time_index: np.ndarray         # (n,) int32 index into time_labels
+  time_labels: tuple[str, ...]
+  donors: np.ndarray | None      # (n,) str
+  class_names: tuple[str, ...]
+  obs_names: np.ndarray          # (n,) str
+
+  @property
+  def n_cells(self) -> int:
+    return self.counts.shape[0]
+
+
+@dataclasses.dataclass
+class Spots:
+  """Spatial spots labelled by their dominant population."""
+  counts: sp.csr_matrix          # (n, g) float32 raw counts
+  gene_names: np.ndarray         # (g,) str
+  labels: np.ndarray             # (n,) int32 index into class_names
+  coords: np.ndarray             # (n, 2) float32
+  obs_names: np.ndarray          # (n,) str
+
+  @property
+  def n_spots(self) -> int:
+    return self.counts.shape[0]
+
+
+def _get(cfg: Any, name: str, default: Any = None) -> Any:
+  """Reads an optional field from a ConfigDict, dict or plain object."""
+  if cfg is None:
+    return default
+  if hasattr(cfg, "get"):
+    return cfg.get(name, default)
+  return getattr(cfg, name, default)
+
+
+def _index_of(values: np.ndarray, vocabulary: Sequence[str]) -> np.ndarray:
+  """Maps each value to its int32 position in ``vocabulary`` (all values must be in it)."""
+  uniq, inverse = np.unique(values, return_inverse=True)
+  position = {v: i for i, v in enumerate(vocabulary)}
+  return np.asarray([position[u] for u in uniq], np.int32)[inverse]   # loop over distinct values
+
+
+def load_h5ad(path: str | os.PathLike) -> ad.AnnData:
+  """Reads an .h5ad into memory, turning the common failures into DataErrors."""
+  path = pathlib.Path(path).expanduser()
+  if not str(path) or str(path) == ".":
+    raise DataError("no .h5ad path given; set config.data.path (or config.data.spatial.path)")
+  if not path.exists():
+    raise DataError(f"no such file: {path}; check config.data.path (for GEO GSE175634 "
+                    "convert the supplementary files first with cardiac_jax.data.geo.convert_geo)")
+  if path.is_dir():
+    raise DataError(f"{path} is a directory, not an .h5ad file; point the path at the file")
+  if not h5py.is_hdf5(path):
+    raise DataError(f"{path} is not an h5ad (HDF5) file; write it with AnnData.write_h5ad "
+                    "or convert GEO MatrixMarket files with cardiac_jax.data.geo.convert_geo")
+  try:
+    adata = ad.read_h5ad(path)
+  except (OSError, KeyError, TypeError, ValueError) as e:
+    raise DataError(f"{path} is HDF5 but not a readable AnnData file ({e}); "
+                    "re-write it with AnnData.write_h5ad") from e
+  logging.info("loaded %s: %d obs x %d vars", path, adata.n_obs, adata.n_vars)
+  return adata
+
+
+def order_time_labels(labels: Iterable[Any], explicit: Sequence[str] = ()) -> tuple[str, ...]:
+  """Orders the time labels present in the data.
+
+  Args:
+    labels: the time label of each cell (duplicates fine).
+    explicit: ``config.data.time_order``; when set it wins and must contain every
+      label present. Labels in it that no cell carries are kept here; callers that
+      need every time point populated check that themselves.
+
+  Returns:
+    The ordered labels as strings. Without ``explicit`` they are derived by parsing
+    the number in labels such as "day0", "D3", "3" or "day 11".
+  """
+  present = np.unique(np.asarray(list(labels) if not isinstance(labels, np.ndarray) else labels)
+                      .astype(str)).tolist()
+  if len(explicit):
+    order = tuple(str(t) for t in explicit)
+    if len(set(order)) != len(order):
+      raise DataError(f"config.data.time_order {list(order)} repeats a label; list each time once")
+    unknown = sorted(set(present) - set(order))
+    if unknown:
+      raise DataError(f"time labels {unknown} are not in config.data.time_order {list(order)}; "
+                      "add them in their place or drop those cells")
+    return order
+  if not len(present):
+    raise DataError("no time labels to order; the data holds no cells")
+  values = []
+  for label in present:   # one per distinct label, not per cell
+    match = _TIME_LABEL.match(label)
+    if match is None:
+      raise DataError(f"cannot order time labels {list(present)}; set config.data.time_order "
+                      "to the labels in time order")
+    values.append(float(match.group(2)))
+  values = np.asarray(values)
+  if len(np.unique(values)) != len(values):
+    raise DataError(f"cannot order time labels {list(present)}: two labels parse to the same "
+                    "time; set config.data.time_order or harmonise the labels")
+  return tuple(present[i] for i in np.argsort(values, kind="stable"))
+
+
+def _obs_column(adata: ad.AnnData, key: str, what: str) -> np.ndarray:
+  if not key or key not in adata.obs.columns:
+    raise DataError(f"obs has no column {key!r} for the {what}; present obs keys: "
+                    f"{list(adata.obs.columns)}; set the config key to one of them")
+  column = adata.obs[key]
+  if column.isna().any():
+    raise DataError(f"obs[{key!r}] ({what}) has {int(column.isna().sum())} missing values; "
+                    "fill them or drop those cells before ingest")
+  return column.astype(str).to_numpy().astype(str)
+
+
+def _counts_matrix(adata: ad.AnnData, layer: str, config_field: str) -> Any:
+  if layer:
+    if layer not in adata.layers:
+      raise DataError(f"counts layer {layer!r} not found; layers present: {list(adata.layers)}; "
+                      f"set {config_field} to one of them or to '' for X")
+    return adata.layers[layer]
+  if adata.X is None:
+    raise DataError(f"AnnData has no X; set {config_field} to the layer holding raw counts "
+                    f"(layers present: {list(adata.layers)})")
+  return adata.X
+
+
+def check_counts(matrix: Any, where: str, config_field: str = "config.data.counts_layer") -> None:
+  """Raises DataError unless ``matrix`` holds finite, non-negative integer counts.
+
+  Sparse input is checked on its stored values only; dense input in row chunks.
+  """
+  if sp.issparse(matrix):
+    stored = matrix if matrix.format in ("csr", "csc", "coo", "bsr") else matrix.tocsr()
+    chunks: Iterable[np.ndarray] = [np.asarray(stored.data)]
+  else:
+    matrix = np.asarray(matrix) if not hasattr(matrix, "shape") else matrix
+    chunks = (np.asarray(matrix[i:i + _DENSE_CHUNK_ROWS])
+              for i in range(0, matrix.shape[0], _DENSE_CHUNK_ROWS))
+  vmax, non_integer, dtype_checked = 0.0, 0, False
+  for values in chunks:
+    if not dtype_checked:
+      dtype_checked = True
+      if not (np.issubdtype(values.dtype, np.number) or values.dtype == bool):
+        raise DataError(f"{where} has dtype {values.dtype}, not numbers; point {config_field} at "
+                        "raw counts")
+    if not values.size:
+      continue
+    if np.issubdtype(values.dtype, np.floating):
+      if not np.isfinite(values).all():
+        n_bad = int(values.size - np.isfinite(values).sum())
+        raise DataError(f"{where} holds {n_bad} NaN/Inf values; raw counts are finite - fix or "
+                        f"drop those cells, or point {config_field} at raw counts")
+      non_integer += int(np.count_nonzero(values != np.floor(values)))
+    if values.min() < 0:
+      raise DataError(f"{where} holds negative values (min {values.min():g}); it looks scaled or "
+                      f"centred, not raw counts; point {config_field} at raw counts")
+    vmax = max(vmax, float(values.max()))
+  if non_integer:
+    if vmax < _LOG_NORMALISED_MAX:
+      raise DataError(f"{where} holds {non_integer} non-integer values with max {vmax:.3g}: it "
+                      f"looks log-normalised; point {config_field} at raw counts")
+    raise DataError(f"{where} holds {non_integer} non-integer values (max {vmax:.3g}); raw counts "
+                    f"are integers; point {config_field} at raw counts")
+
+
+def _to_csr_float32(matrix: Any, rows: np.ndarray) -> sp.csr_matrix:
+  """Selects ``rows`` as canonical float32 CSR without a dense copy of the whole matrix."""
+  if sp.issparse(matrix):
+    out = sp.csr_matrix(matrix)[rows]
+  else:
+    blocks = [sp.csr_matrix(np.asarray(matrix[rows[i:i + _DENSE_CHUNK_ROWS]]))
+              for i in range(0, len(rows), _DENSE_CHUNK_ROWS)]
+    out = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, matrix.shape[1]))
+  out = out.astype(np.float32, copy=False)
+  out.sum_duplicates()
+  out.eliminate_zeros()
+  return out
+
+
+def _names(index: Any, what: str) -> np.ndarray:
+  names = np.asarray(index).astype(str)
+  if what == "gene" and len(np.unique(names)) != len(names):
+    raise DataError("gene names (var_names) are not unique; call adata.var_names_make_unique() "
+                    "before ingest so genes can be matched by name")
+  return names
+
+
+def prepare_cells(adata: ad.AnnData, data_cfg: Any) -> Cells:
+  """Validates a single-cell AnnData and turns it into `Cells`.
+
+  Args:
+    adata: cells x genes, raw counts in X or ``layers[data_cfg.counts_layer]``.
+    data_cfg: ``config.data`` (counts_layer, population_key, time_key, donor_key,
+      classes, drop_labels, time_order).
+
+  Returns:
+    Cells with the ``drop_labels`` cells removed and labels/time as int32 ids.
+  """
+  classes = tuple(str(c) for c in data_cfg.classes)
+  drop = {str(c) for c in data_cfg.drop_labels}
+  if not classes or len(set(classes)) != len(classes):
+    raise DataError(f"config.data.classes {list(classes)} must be non-empty and unique")
+  if set(classes) & drop:
+    raise DataError(f"labels {sorted(set(classes) & drop)} are both in config.data.classes and "
+                    "config.data.drop_labels; keep them in one")
+  population = _obs_column(adata, data_cfg.population_key, "population labels "
+                           "(config.data.population_key)")
+  times = _obs_column(adata, data_cfg.time_key, "time labels (config.data.time_key)")
+  donor_key = _get(data_cfg, "donor_key", "")
+  donors = None
+  if donor_key:
+    if donor_key in adata.obs.columns:
+      donors = _obs_column(adata, donor_key, "donors (config.data.donor_key)")
+    else:
+      split_cfg = _get(data_cfg, "split", None)
+      if split_cfg is not None and _get(split_cfg, "group_by_donor", False):
+        _obs_column(adata, donor_key, "donors (config.data.donor_key, needed because "
+                    "config.data.split.group_by_donor is set)")
+      logging.warning("obs has no donor column %r; donors unknown (present: %s)", donor_key,
+                      list(adata.obs.columns))
+
+  present = np.unique(population).tolist()
+  unknown = sorted(set(present) - set(classes) - drop)
+  if unknown:
+    raise DataError(f"population labels {unknown} are neither in config.data.classes nor in "
+                    "config.data.drop_labels; add them to one of the two")
+  keep = ~np.isin(population, list(drop))
+  kept_pop = population[keep]
+  kept_present = np.unique(kept_pop).tolist()
+  missing = [c for c in classes if c not in kept_present]
+  if missing:
+    raise DataError(f"configured populations {missing} have no cells; populations present: "
+                    f"{kept_present}; fix config.data.classes or "
+                    "config.data.population_key")
+
+  time_labels = order_time_labels(times[keep], _get(data_cfg, "time_order", ()))
+  time_index = _index_of(times[keep], time_labels)
+  per_time = np.bincount(time_index, minlength=len(time_labels))
+  if (per_time == 0).any():
+    empty = [t for t, n in zip(time_labels, per_time) if n == 0]
+    raise DataError(f"time points {empty} of config.data.time_order have no cells (after "
+                    f"dropping {sorted(drop)}); remove them from config.data.time_order")
+
+  layer = _get(data_cfg, "counts_layer", "")
+  matrix = _counts_matrix(adata, layer, "config.data.counts_layer")
+  where = f"layers[{layer!r}]" if layer else "X"
+  check_counts(matrix, where)
+  rows = np.flatnonzero(keep)
+  counts = _to_csr_float32(matrix, rows)
+  labels = _index_of(kept_pop, classes)
+  logging.info("prepared %d cells x %d genes (%d dropped as %s); %d time points %s",
+               counts.shape[0], counts.shape[1], int((~keep).sum()), sorted(drop),
+               len(time_labels), list(time_labels))
+  return Cells(counts=counts, gene_names=_names(adata.var_names, "gene"), labels=labels,
+               time_index=time_index, time_labels=time_labels,
+               donors=None if donors is None else donors[keep], class_names=classes,
+               obs_names=_names(adata.obs_names, "obs")[keep])
+
+
+def prepare_spots(adata: ad.AnnData, data_cfg: Any, class_names: Sequence[str]) -> Spots:
+  """Validates a spatial AnnData and turns it into `Spots`.
+
+  The label is ``obs[data_cfg.population_key]`` (the spot's dominant population);
+  spots whose label is not in ``class_names`` are dropped with a log line. Counts
+  come from ``layers[data_cfg.spatial.counts_layer]`` when that field exists,
+  else the same layer as the cells (``data_cfg.counts_layer``), "" meaning X.
+  """
+  class_names = tuple(str(c) for c in class_names)
+  if "spatial" not in adata.obsm:
+    raise DataError("spatial data has no obsm['spatial'] coordinates; store the spot x/y "
+                    "positions there (n_spots x 2) as scanpy/squidpy do")
+  coords = np.asarray(adata.obsm["spatial"])
+  if coords.ndim != 2 or coords.shape[1] < 2 or coords.shape[0] != adata.n_obs:
+    raise DataError(f"obsm['spatial'] has shape {coords.shape}; expected (n_spots, 2)")
+  coords = coords[:, :2].astype(np.float32)
+  if not np.isfinite(coords).all():
+    raise DataError("obsm['spatial'] holds NaN/Inf coordinates; drop those spots first")
+  population = _obs_column(adata, data_cfg.population_key, "spot population labels "
+                           "(config.data.population_key)")
+  keep = np.isin(population, list(class_names))
+  if not keep.any():
+    raise DataError(f"no spot is labelled with one of {list(class_names)}; spot labels present: "
+                    f"{np.unique(population).tolist()}; relabel obs[{data_cfg.population_key!r}]")
+  if not keep.all():
+    dropped, n_dropped = np.unique(population[~keep], return_counts=True)
+    logging.info("dropping %d spots whose dominant population is not a class: %s",
+                 int((~keep).sum()), dict(zip(dropped.tolist(), n_dropped.tolist())))
+  spatial_cfg = _get(data_cfg, "spatial", None)
+  layer = _get(spatial_cfg, "counts_layer", None) if spatial_cfg is not None else None
+  field = "config.data.spatial.counts_layer"
+  if layer is None:
+    layer, field = _get(data_cfg, "counts_layer", ""), "config.data.counts_layer"
+  matrix = _counts_matrix(adata, layer, field)
+  check_counts(matrix, f"spatial {'layers[' + repr(layer) + ']' if layer else 'X'}", field)
+  rows = np.flatnonzero(keep)
+  counts = _to_csr_float32(matrix, rows)
+  labels = _index_of(population[keep], class_names)
+  logging.info("prepared %d spots x %d genes", counts.shape[0], counts.shape[1])
+  return Spots(counts=counts, gene_names=_names(adata.var_names, "gene"),
+               labels=labels.astype(np.int32), coords=coords[keep],
+               obs_names=_names(adata.obs_names, "obs")[keep])
