@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   data.spatial.cells_per_spot = 8      # simulator only
   data.spatial.tile_size = 8           # spots per tile side; tiles are the unit of splitting
   data.spatial.min_shared_genes = 200
+  data.spatial.counts_layer = ""       # "" = counts in X
   data.spatial.seed = 0
 
   data.preprocess = ml_collections.ConfigDict()
@@ -54,6 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
   data.preprocess.n_hvg = 2_000
   data.preprocess.n_pcs = 50
   data.preprocess.max_value = 10.0     # clip after scaling
+  data.preprocess.pca_max_cells = 50_000  # PCA fitted on at most this many training cells
+  data.preprocess.seed = 0
 
   data.split = ml_collections.ConfigDict()
   data.split.fractions = (0.65, 0.25, 0.10)   # train / validation / test
@@ -74,7 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
   model.width = config_dict.placeholder(int)   # None = adaptive (see scaling.py)
   model.depth = config_dict.placeholder(int)
   model.num_heads = 4
-  model.mlp_ratio = 2
+  model.mlp_ratio = 4
   model.dropout_min = 0.1                      # first block
   model.dropout_max = 0.3                      # last block
   model.attention_dropout = 0.0
@@ -95,6 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
   train.grad_clip_norm = 1.0
   train.b1 = 0.9
   train.b2 = 0.999
+  train.adam_eps = 1e-8
   train.label_smoothing_start = 0.15
   train.label_smoothing_end = 0.045
   train.weight_decay_start = 0.01
