@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   data.spatial.cells_per_spot = 8      # simulator only
   data.spatial.tile_size = 8           # spots per tile side; tiles are the unit of splitting
   data.spatial.min_shared_genes = 200
-  data.spatial.counts_layer = ""       # "" = counts in X
+  data.spatial.counts_layer = config_dict.placeholder(str)  # None = as data.counts_layer; "" = X
   data.spatial.seed = 0
 
   data.preprocess = ml_collections.ConfigDict()
