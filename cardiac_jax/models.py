@@ -1,0 +1,196 @@
+"""The sequence classifier: a pre-norm Transformer encoder over cell sequences.
+
+Hidden (masked) steps are excluded everywhere they could leak into the result:
+as attention keys, from the BatchNorm statistics and from the pooled summary.
+Parameters are float32; activations use the compute dtype; BatchNorm
+statistics, the head, the logits (and so the softmax and loss) are float32.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cardiac_jax.errors import ConfigError
+
+NORMS = ("batch", "layer")
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def resolve_dtype(name: str) -> jnp.dtype:
+  """Compute dtype for a config name.
+
+  "auto" is bfloat16 on GPU/TPU, where it is native and halves memory traffic,
+  and float32 on CPU, where bfloat16 is emulated and slower.
+  """
+  if name == "auto":
+    return jnp.dtype(jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
+  if name in ("float32", "bfloat16"):
+    return jnp.dtype(name)
+  raise ConfigError(f"model.dtype={name!r} is unknown; choose one of {DTYPES}.")
+
+
+def dropout_rates(depth: int, lo: float, hi: float) -> tuple[float, ...]:
+  """Per-block dropout rising linearly from ``lo`` (first) to ``hi`` (last block).
+
+  Deeper blocks see more abstract, easier-to-memorise features, so they get
+  the stronger regulariser. A single block uses ``lo``: with nothing deeper
+  there is no progression to express and the milder rate is the safe default.
+  """
+  if depth <= 0:
+    raise ConfigError(f"model.depth must be positive, got {depth}.")
+  if depth == 1:
+    return (float(lo),)
+  return tuple(float(r) for r in np.linspace(lo, hi, depth))
+
+
+def _norm(kind: str, dtype: Any, train: bool, name: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """A norm layer as ``f(h, token_mask)``; BatchNorm takes stats over visible steps only.
+
+  BatchNorm always reduces in float32 (flax's ``force_float32_reductions``) and
+  keeps its running statistics in float32; only its output is in ``dtype``.
+  """
+  if kind == "batch":
+    bn = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      dtype=dtype, param_dtype=jnp.float32, name=name)
+    return lambda h, token_mask: bn(h, mask=token_mask)
+  ln = nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, name=name)
+  return lambda h, token_mask: ln(h)
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with one fused QKV projection.
+
+  One (W, 3, H, D) matmul instead of three keeps the CPU step cheaper; the
+  softmax runs in float32 so bfloat16 logits cannot saturate it.
+  """
+  num_heads: int
+  dropout_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: jax.Array, attn_mask: jax.Array, *, train: bool) -> jax.Array:
+    width = h.shape[-1]
+    head_dim = width // self.num_heads
+    qkv = nn.DenseGeneral((3, self.num_heads, head_dim), dtype=self.dtype,
+                          param_dtype=jnp.float32, name="qkv")(h)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]          # (B, L, H, D)
+    q = q * jnp.asarray(head_dim**-0.5, self.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
+    logits = jnp.where(attn_mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    if self.dropout_rate > 0.0:
+      weights = nn.Dropout(self.dropout_rate, deterministic=not train)(weights)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype,
+                           param_dtype=jnp.float32, name="out")(out)
+
+
+class Block(nn.Module):
+  """Pre-norm residual block: [norm → attention → dropout] + [norm → MLP → dropout]."""
+  num_heads: int
+  mlp_ratio: int
+  dropout_rate: float
+  attention_dropout: float
+  norm: str
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, h, attn_mask, token_mask, *, train: bool):
+    width = h.shape[-1]
+    y = _norm(self.norm, self.dtype, train, "norm_attn")(h, token_mask)
+    y = SelfAttention(self.num_heads, self.attention_dropout, self.dtype, name="attn")(
+        y, attn_mask, train=train)
+    h = h + nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+    y = _norm(self.norm, self.dtype, train, "norm_mlp")(h, token_mask)
+    y = nn.Dense(self.mlp_ratio * width, dtype=self.dtype, param_dtype=jnp.float32,
+                 name="mlp_in")(y)
+    y = nn.gelu(y)
+    y = nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32, name="mlp_out")(y)
+    return h + nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+
+
+class SequenceClassifier(nn.Module):
+  """Transformer encoder + masked mean pooling + linear head.
+
+  Attributes:
+    num_classes: output classes.
+    length: maximum sequence length (rows of the position embedding).
+    width: model width.
+    depth: number of residual blocks.
+    num_heads: attention heads (must divide ``width``).
+    mlp_ratio: hidden width of the MLP as a multiple of ``width``.
+    dropout_rates: one rate per block (see ``dropout_rates``); the last rate
+      is also applied to the pooled summary before the head.
+    attention_dropout: dropout on attention weights.
+    norm: "batch" (default; running stats in the "batch_stats" collection) or
+      "layer".
+    dtype: compute dtype; parameters stay float32.
+  """
+  num_classes: int
+  length: int
+  width: int
+  depth: int
+  num_heads: int
+  mlp_ratio: int
+  dropout_rates: Sequence[float]
+  attention_dropout: float = 0.0
+  norm: str = "batch"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+    """Maps ``x`` (B, L, F) with ``mask`` (B, L), 1 = visible, to float32 logits (B, C)."""
+    if len(self.dropout_rates) != self.depth:
+      raise ConfigError(f"{len(self.dropout_rates)} dropout rates for depth {self.depth}.")
+    if self.norm not in NORMS:
+      raise ConfigError(f"model.norm={self.norm!r} is unknown; choose one of {NORMS}.")
+    seq_len = x.shape[1]
+    visible = mask > 0                                        # (B, L) bool
+    token_mask = visible[:, :, None]                          # for BatchNorm stats
+    attn_mask = visible[:, None, None, :]                     # (B, 1, 1, L) key padding
+
+    h = nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32, name="embed")(x)
+    h = _norm(self.norm, self.dtype, train, "norm_embed")(h, token_mask)
+    pos = self.param("pos_embedding", nn.initializers.normal(0.02),
+                     (self.length, self.width), jnp.float32)
+    h = h + pos[None, :seq_len].astype(self.dtype)
+    for i, rate in enumerate(self.dropout_rates):
+      h = Block(self.num_heads, self.mlp_ratio, rate, self.attention_dropout, self.norm,
+                self.dtype, name=f"block_{i}")(h, attn_mask, token_mask, train=train)
+    h = _norm(self.norm, self.dtype, train, "norm_final")(h, token_mask)
+
+    # Masked mean over visible steps; rows with no visible step pool to zero.
+    h = jnp.where(token_mask, h.astype(jnp.float32), 0.0)
+    count = jnp.maximum(jnp.sum(visible, axis=1, keepdims=True), 1).astype(jnp.float32)
+    pooled = jnp.sum(h, axis=1) / count
+    pooled = nn.Dropout(self.dropout_rates[-1], deterministic=not train)(pooled)
+    return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
+                    name="head")(pooled)
+
+
+def model_from_config(config: ml_collections.ConfigDict, num_classes: int,
+                      length: int) -> SequenceClassifier:
+  """Builds the classifier from a config already resolved by ``scaling.resolve_config``."""
+  m = config.model
+  return SequenceClassifier(
+      num_classes=num_classes,
+      length=length,
+      width=m.width,
+      depth=m.depth,
+      num_heads=m.num_heads,
+      mlp_ratio=m.mlp_ratio,
+      dropout_rates=dropout_rates(m.depth, m.dropout_min, m.dropout_max),
+      attention_dropout=m.attention_dropout,
+      norm=m.norm,
+      dtype=resolve_dtype(m.dtype),
+  )
+
+
+def count_params(params: Any) -> int:
+  """Total number of scalar parameters in a pytree."""
+  return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,158 @@
+"""SequenceClassifier: shapes, dtypes, parameter count, masking, dropout, batch stats."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cardiac_jax import config_lib, models, scaling
+from cardiac_jax.errors import ConfigError
+
+B, L, F, C = 4, 6, 5, 3
+WIDTH, DEPTH, HEADS, RATIO = 8, 2, 2, 2
+
+
+def _model(norm="layer", dtype=jnp.float32, rates=(0.1, 0.3), attention_dropout=0.0):
+  return models.SequenceClassifier(
+      num_classes=C, length=L, width=WIDTH, depth=DEPTH, num_heads=HEADS,
+      mlp_ratio=RATIO, dropout_rates=rates, attention_dropout=attention_dropout,
+      norm=norm, dtype=dtype)
+
+
+def _batch(seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(B, L, F)).astype(np.float32)
+  mask = np.ones((B, L), np.float32)
+  mask[0, 4:] = 0.0        # a short sequence
+  mask[1, 1:] = 0.0        # a single visible step
+  mask[2, :] = 0.0         # nothing visible: must not break pooling
+  return x, mask
+
+
+@functools.lru_cache(maxsize=None)
+def _variables(norm, dtype=jnp.float32):
+  x, mask = _batch()
+  return _model(norm, dtype).init(jax.random.key(0), x, mask, train=False)
+
+
+def _apply(model, variables, x, mask, train, seed=1):
+  """(logits, updated state) in either mode."""
+  mutable = ["batch_stats"] if train and "batch_stats" in variables else False
+  out = model.apply(variables, x, mask, train=train, mutable=mutable,
+                    rngs={"dropout": jax.random.key(seed)} if train else None)
+  return out if mutable else (out, {})
+
+
+@pytest.mark.parametrize("norm", models.NORMS)
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_output_shape_and_dtypes(norm, dtype):
+  x, mask = _batch()
+  model = _model(norm, dtype)
+  variables = _variables(norm, dtype)
+  for train in (False, True):
+    logits, new_state = _apply(model, variables, x, mask, train)
+    assert logits.shape == (B, C) and logits.dtype == jnp.float32
+    assert np.all(np.isfinite(logits))
+  # Parameters and BatchNorm statistics stay float32 whatever the compute dtype.
+  assert {a.dtype for a in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+  assert {a.dtype for a in jax.tree.leaves(new_state)} <= {jnp.dtype(jnp.float32)}
+  assert ("batch_stats" in variables) == (norm == "batch")
+
+
+@pytest.mark.parametrize("norm", models.NORMS)
+def test_parameter_count_matches_formula(norm):
+  w, hidden = WIDTH, RATIO * WIDTH
+  norm_params = 2 * w
+  block = (norm_params + (w * 3 * w + 3 * w) + (w * w + w)
+           + norm_params + (w * hidden + hidden) + (hidden * w + w))
+  expected = ((F * w + w) + norm_params + L * w + DEPTH * block + norm_params
+              + (w * C + C))
+  assert models.count_params(_variables(norm)["params"]) == expected
+
+
+@pytest.mark.parametrize("norm", models.NORMS)
+@pytest.mark.parametrize("train", [False, True])
+def test_hidden_steps_have_no_influence(norm, train):
+  """Attention keys, BatchNorm statistics and pooling all ignore hidden steps."""
+  x, mask = _batch()
+  model, variables = _model(norm), _variables(norm)
+  noisy = np.where(mask[..., None] > 0, x,
+                   100.0 * np.random.default_rng(5).normal(size=x.shape)).astype(np.float32)
+  logits, state = _apply(model, variables, x, mask, train)
+  logits_noisy, state_noisy = _apply(model, variables, noisy, mask, train)
+  np.testing.assert_allclose(logits, logits_noisy, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(state_noisy)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  # Not vacuous: a visible step does change the result.
+  moved = x.copy()
+  moved[0, 0] += 1.0
+  logits_moved, _ = _apply(model, variables, moved, mask, train)
+  assert np.abs(np.asarray(logits_moved[0] - logits[0])).max() > 1e-4
+
+
+def test_all_hidden_row_pools_to_zero():
+  """With no visible step the head sees zeros, so the logits are the head bias."""
+  x, mask = _batch()
+  variables = _variables("layer")
+  logits = _model("layer").apply(variables, x, mask, train=False)
+  np.testing.assert_allclose(logits[2], variables["params"]["head"]["bias"], atol=1e-6)
+
+
+def test_dropout_rates_progressive():
+  assert models.dropout_rates(3, 0.1, 0.3) == pytest.approx((0.1, 0.2, 0.3))
+  assert models.dropout_rates(1, 0.1, 0.3) == (0.1,)
+  rates = models.dropout_rates(5, 0.0, 0.4)
+  assert len(rates) == 5 and np.all(np.diff(rates) > 0)
+  with pytest.raises(ConfigError):
+    models.dropout_rates(0, 0.1, 0.3)
+
+
+def test_model_from_config():
+  config = scaling.resolve_config(config_lib.base_config(), 100)
+  model = models.model_from_config(config, num_classes=6, length=80)
+  assert (model.width, model.depth, model.num_heads) == (96, 2, 4)
+  assert model.dropout_rates == pytest.approx((0.1, 0.3))
+  assert model.norm == "batch" and model.dtype == jnp.float32   # "auto" on CPU
+
+
+def test_resolve_dtype():
+  assert models.resolve_dtype("auto") == jnp.float32        # tests run on CPU
+  assert models.resolve_dtype("bfloat16") == jnp.bfloat16
+  with pytest.raises(ConfigError, match="model.dtype"):
+    models.resolve_dtype("float16")
+
+
+@pytest.mark.parametrize("norm", models.NORMS)
+def test_train_is_stochastic_eval_deterministic(norm):
+  x, mask = _batch()
+  model = _model(norm, rates=(0.5, 0.5), attention_dropout=0.2)
+  variables = model.init(jax.random.key(0), x, mask, train=False)
+  a, _ = _apply(model, variables, x, mask, True, seed=1)
+  b, _ = _apply(model, variables, x, mask, True, seed=2)
+  c, _ = _apply(model, variables, x, mask, True, seed=1)
+  assert np.abs(np.asarray(a - b)).max() > 1e-4
+  np.testing.assert_array_equal(a, c)
+  e1, _ = _apply(model, variables, x, mask, False)
+  e2, _ = _apply(model, variables, x, mask, False)
+  np.testing.assert_array_equal(e1, e2)
+  with pytest.raises(Exception, match="dropout"):
+    model.apply(variables, x, mask, train=True, mutable=["batch_stats"])
+
+
+def test_batch_stats_update_in_train_mode_only():
+  x, mask = _batch()
+  model, variables = _model("batch"), _variables("batch")
+  _, state = _apply(model, variables, x, mask, True)
+  before = variables["batch_stats"]["norm_embed"]
+  after = state["batch_stats"]["norm_embed"]
+  assert np.abs(np.asarray(after["mean"] - before["mean"])).max() > 1e-4
+  # The update is a momentum-0.9 step towards the mean over visible steps only.
+  kernel = variables["params"]["embed"]
+  h = x @ np.asarray(kernel["kernel"]) + np.asarray(kernel["bias"])
+  visible_mean = h[mask > 0].mean(axis=0)
+  np.testing.assert_allclose(after["mean"], 0.9 * before["mean"] + 0.1 * visible_mean,
+                             rtol=1e-4, atol=1e-5)
+  # Eval mode does not mutate (and so cannot update) the statistics.
+  logits = model.apply(variables, x, mask, train=False)
+  assert logits.shape == (B, C)
