@@ -211,7 +211,8 @@ class _Stages:
       self.out[name] = {"seconds": prev["seconds"] + seconds, "peak_rss_mb": peak_mb}
 
 
-def _load_cells(data_cfg: Any):
+def load_cells(data_cfg: Any) -> "anndata.AnnData":
+  """The configured single-cell AnnData (simulated or read from config.data.path)."""
   from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
   if data_cfg.source == "simulator":
     from cardiac_jax.data import simulator  # pylint: disable=g-import-not-at-top
@@ -226,7 +227,8 @@ def _load_cells(data_cfg: Any):
   raise DataError(f"config.data.source must be 'simulator' or 'h5ad', got {data_cfg.source!r}")
 
 
-def _load_spots(data_cfg: Any):
+def load_spots(data_cfg: Any) -> "anndata.AnnData":
+  """The configured spatial AnnData (simulated or read from config.data.spatial.path)."""
   from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
   sp_cfg = data_cfg.spatial
   if sp_cfg.source == "simulator":
@@ -281,7 +283,7 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
   fractions = tuple(split_cfg.fractions)
   length, k = int(seq_cfg.length), int(seq_cfg.k_neighbors)
   with stage("simulate" if data_cfg.source == "simulator" else "load"):
-    adata = _load_cells(data_cfg)
+    adata = load_cells(data_cfg)
   with stage("prepare"):
     cells = ingest.prepare_cells(adata, data_cfg)
     del adata
@@ -324,7 +326,7 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
   spatial, spots, spatial_classes = [], None, []
   if data_cfg.spatial.enabled and int(seq_cfg.spatial_total) > 0:
     with stage("spatial"):
-      spots = ingest.prepare_spots(_load_spots(data_cfg), data_cfg, class_names)
+      spots = ingest.prepare_spots(load_spots(data_cfg), data_cfg, class_names)
       shared = preprocess.shared_gene_count(pp, spots.gene_names)
       if shared < int(data_cfg.spatial.min_shared_genes):
         raise DataError(
