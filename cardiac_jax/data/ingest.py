@@ -26,6 +26,9 @@ from cardiac_jax.data.errors import DataError
 # non-integer values and a maximum this small are almost surely log-normalised.
 _LOG_NORMALISED_MAX = 20.0
 _DENSE_CHUNK_ROWS = 8_192
+# Stored values handled at once by the sparse paths: bounds the temporaries of the
+# checks and of the row gather to ~100 MB whatever the matrix size.
+_SPARSE_CHUNK_VALUES = 1 << 24
 _TIME_LABEL = re.compile(r"^\s*([A-Za-z]*)[\s_.:-]*(\d+(?:\.\d+)?)\s*$")
 
 
@@ -168,7 +171,9 @@ def check_counts(matrix: Any, where: str, config_field: str = "config.data.count
   """
   if sp.issparse(matrix):
     stored = matrix if matrix.format in ("csr", "csc", "coo", "bsr") else matrix.tocsr()
-    chunks: Iterable[np.ndarray] = [np.asarray(stored.data)]
+    data = np.asarray(stored.data)
+    chunks: Iterable[np.ndarray] = (data[i:i + _SPARSE_CHUNK_VALUES]
+                                    for i in range(0, max(data.size, 1), _SPARSE_CHUNK_VALUES))
   else:
     matrix = np.asarray(matrix) if not hasattr(matrix, "shape") else matrix
     chunks = (np.asarray(matrix[i:i + _DENSE_CHUNK_ROWS])
@@ -200,10 +205,34 @@ def check_counts(matrix: Any, where: str, config_field: str = "config.data.count
                     f"are integers; point {config_field} at raw counts")
 
 
+def _take_rows_float32(csr: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+  """``csr[rows]`` as float32, gathered in row chunks into preallocated arrays.
+
+  Indexing then casting would hold the input, an integer copy and the float32
+  copy at once (~3x the matrix); this holds the input and the output only.
+  """
+  lengths = np.diff(csr.indptr)[rows]
+  indptr = np.zeros(len(rows) + 1, np.int64)
+  np.cumsum(lengths, out=indptr[1:])
+  nnz = int(indptr[-1])
+  index_dtype = np.int32 if max(nnz, csr.shape[1]) < np.iinfo(np.int32).max else np.int64
+  data = np.empty(nnz, np.float32)
+  indices = np.empty(nnz, index_dtype)
+  mean_row = max(1, csr.nnz // max(csr.shape[0], 1))
+  step = max(1, _SPARSE_CHUNK_VALUES // mean_row)
+  for start in range(0, len(rows), step):
+    block = csr[rows[start:start + step]]
+    a, b = indptr[start], indptr[min(start + step, len(rows))]
+    data[a:b] = block.data
+    indices[a:b] = block.indices
+  return sp.csr_matrix((data, indices, indptr.astype(index_dtype, copy=False)),
+                       shape=(len(rows), csr.shape[1]))
+
+
 def _to_csr_float32(matrix: Any, rows: np.ndarray) -> sp.csr_matrix:
   """Selects ``rows`` as canonical float32 CSR without a dense copy of the whole matrix."""
   if sp.issparse(matrix):
-    out = sp.csr_matrix(matrix)[rows]
+    out = _take_rows_float32(sp.csr_matrix(matrix), rows)
   else:
     blocks = [sp.csr_matrix(np.asarray(matrix[rows[i:i + _DENSE_CHUNK_ROWS]]))
               for i in range(0, len(rows), _DENSE_CHUNK_ROWS)]

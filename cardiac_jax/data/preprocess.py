@@ -26,7 +26,7 @@ import io
 import os
 import pathlib
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import numpy as np
@@ -38,6 +38,9 @@ from cardiac_jax.data.errors import DataError
 N_DISPERSION_BINS = 20
 DEFAULT_CHUNK_ROWS = 20_000
 DEFAULT_PCA_MAX_CELLS = 50_000
+# Stored values per float64 temporary in the column statistics (128 MB), so their
+# memory does not grow with the training matrix.
+_STATS_CHUNK_VALUES = 1 << 24
 _FORMAT_VERSION = 1
 
 
@@ -54,36 +57,47 @@ def _rows(counts: Any, start: int, stop: int) -> sp.csr_matrix:
   return sp.csr_matrix(block, dtype=np.float32)
 
 
-def log_normalise(block: sp.csr_matrix, target_sum: float) -> sp.csr_matrix:
+def log_normalise(block: sp.csr_matrix, target_sum: float, *,
+                  copy: bool = True) -> sp.csr_matrix:
   """log1p(target_sum * x / library size), per row, on stored values only.
 
   The library size is the row total over every column of ``block``. Rows with no
-  counts stay zero.
+  counts stay zero. ``copy=False`` works in place when ``block`` is float32 CSR
+  (callers that own a fresh copy save one matrix of memory).
   """
-  block = sp.csr_matrix(block, dtype=np.float32, copy=True)
+  block = sp.csr_matrix(block, dtype=np.float32, copy=copy)
   library = np.asarray(block.sum(axis=1), dtype=np.float64).ravel()
   factor = np.where(library > 0, target_sum / np.maximum(library, 1e-12), 0.0)
-  block.data *= np.repeat(factor, np.diff(block.indptr)).astype(np.float32)
+  block.data *= np.repeat(factor.astype(np.float32), np.diff(block.indptr))
   np.log1p(block.data, out=block.data)
   return block
 
 
-def _mean_var(values: np.ndarray, block: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
-  """Column mean and unbiased variance (float64) of ``block`` holding ``values``.
+def _mean_var(block: sp.csr_matrix, fn: Callable[[np.ndarray], np.ndarray] | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """Column mean and unbiased variance (float64) of ``block`` (of ``fn`` of its values).
 
-  ``values`` replaces the block's stored values (e.g. expm1 of them). Bincounts over the column indices, so the block itself is never copied.
+  ``fn`` maps stored values elementwise (e.g. expm1; it must keep zeros zero).
+  Bincounts over the column indices in chunks of stored values, so neither the
+  block nor a float64 copy of all its values is ever made.
   """
   n, g = block.shape
-  values = values.astype(np.float64, copy=False)
-  mean = np.bincount(block.indices, values, minlength=g) / n
-  mean_sq = np.bincount(block.indices, values * values, minlength=g) / n
+  total, total_sq = np.zeros(g), np.zeros(g)
+  for start in range(0, block.nnz, _STATS_CHUNK_VALUES):
+    values = block.data[start:start + _STATS_CHUNK_VALUES].astype(np.float64)
+    if fn is not None:
+      values = fn(values)
+    cols = block.indices[start:start + _STATS_CHUNK_VALUES]
+    total += np.bincount(cols, values, minlength=g)
+    total_sq += np.bincount(cols, values * values, minlength=g)
+  mean, mean_sq = total / n, total_sq / n
   var = np.maximum(mean_sq - mean**2, 0.0) * (n / max(n - 1, 1))
   return mean, var
 
 
 def seurat_dispersion(logged: sp.csr_matrix, n_bins: int = N_DISPERSION_BINS) -> np.ndarray:
   """Normalised dispersion per gene (scanpy flavor="seurat"); -inf for undetected genes."""
-  mean, var = _mean_var(np.expm1(logged.data, dtype=np.float64), logged)
+  mean, var = _mean_var(logged, np.expm1)
   detected = mean > 0
   with np.errstate(divide="ignore", invalid="ignore"):
     dispersion = np.where(detected & (var > 0), np.log(var / np.where(detected, mean, 1.0)),
@@ -283,7 +297,7 @@ def fit_preprocessor(counts: Any, gene_names: Sequence[str], train_rows: Any,
     train = sp.vstack([sp.csr_matrix(np.asarray(counts[rows[i:i + DEFAULT_CHUNK_ROWS]]),
                                      dtype=np.float32)
                        for i in range(0, len(rows), DEFAULT_CHUNK_ROWS)], format="csr")
-  logged = log_normalise(train, target_sum)
+  logged = log_normalise(train, target_sum, copy=False)   # train is our own copy
   del train
 
   dispersion = seurat_dispersion(logged)
@@ -296,8 +310,9 @@ def fit_preprocessor(counts: Any, gene_names: Sequence[str], train_rows: Any,
     raise DataError("no gene varies across the training cells; check the counts")
   ranked = np.argsort(-dispersion, kind="stable")
   hvg = np.sort(ranked[:n_hvg])
-  logged = logged[:, hvg]
-  mean, var = _mean_var(logged.data, logged)
+  if n_hvg < logged.shape[1]:
+    logged = logged[:, hvg]
+  mean, var = _mean_var(logged)
   scale = np.sqrt(var)
   scale[scale == 0] = 1.0
 
@@ -317,7 +332,8 @@ def fit_preprocessor(counts: Any, gene_names: Sequence[str], train_rows: Any,
   pca_mean = block.mean(axis=0)
   block -= pca_mean
   _, singular, vt = randomized_svd(block, n_pcs, n_iter=7, random_state=seed)
-  total_var = float(np.square(block, dtype=np.float64).sum())
+  total_var = sum(float(np.square(block[i:i + DEFAULT_CHUNK_ROWS], dtype=np.float64).sum())
+                  for i in range(0, len(block), DEFAULT_CHUNK_ROWS))
   explained = (singular.astype(np.float64)**2 / max(total_var, 1e-30)).astype(np.float32)
   pp = Preprocessor(gene_names=gene_names[hvg], mean=mean32, scale=scale32,
                     components=np.ascontiguousarray(vt.T, dtype=np.float32),

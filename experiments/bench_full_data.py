@@ -1,0 +1,260 @@
+"""Full-size data benchmark: simulate -> GEO files -> convert back -> scale3 dataset.
+
+  python experiments/bench_full_data.py --n_cells=230786 --n_genes=2000 \
+      --workdir=/tmp/full --stages=simulate,write_geo,convert,build
+
+Every stage runs in its own child process (this script re-invoked with --stage),
+so the peak resident memory reported for a stage is that child's own maximum
+(``ru_maxrss`` from ``os.wait4``), not a running maximum over earlier stages.
+The ``convert`` stage is followed by a ``convert_check`` child that reloads both
+h5ad files and requires the round trip to reproduce the counts (CSR arrays),
+cell and gene names and the text obs columns exactly (float columns to a
+relative 1e-6: they pass through TSV text).
+
+Targets (GSE175634 size, 230,786 cells): simulate + build under 5 minutes and
+every stage under 8 GB peak RSS.
+
+Outputs in --workdir: ``cells.h5ad`` (simulated), ``geo/`` (the four GEO files),
+``geo.h5ad`` (converted), ``cache/`` (the dataset cache) and
+``bench_full_data.json`` (the table below, with the build's own stage timings).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+from absl import logging
+
+STAGES = ("simulate", "write_geo", "convert", "build")
+_TARGET_SECONDS = 300.0
+_TARGET_RSS_GB = 8.0
+
+_N_CELLS = flags.DEFINE_integer("n_cells", 230_786, "Cells to simulate (GSE175634: 230,786).")
+_N_GENES = flags.DEFINE_integer("n_genes", 2_000, "Genes to simulate.")
+_SEED = flags.DEFINE_integer("seed", 0, "Simulator seed.")
+_PRESET = flags.DEFINE_string("preset", "scale3", "config_lib preset of the build stage.")
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/full", "Folder for the data files and results.")
+_STAGES = flags.DEFINE_list("stages", list(STAGES), f"Stages to run, in order; of {STAGES}.")
+_STAGE = flags.DEFINE_string("stage", "", "Internal: run this one stage in this process.")
+
+
+def _paths(workdir: pathlib.Path) -> dict[str, pathlib.Path]:
+  return {"cells": workdir / "cells.h5ad", "geo_dir": workdir / "geo",
+          "geo_h5ad": workdir / "geo.h5ad", "cache": workdir / "cache",
+          "json": workdir / "bench_full_data.json"}
+
+
+def _require(path: pathlib.Path, stage: str) -> None:
+  if not path.exists():
+    raise app.UsageError(f"{path} does not exist; run the {stage!r} stage first "
+                         f"(--stages={stage},...)")
+
+
+def _write_h5ad_atomic(adata: Any, path: pathlib.Path) -> None:
+  """Writes to a temp file in the same folder, then renames, so no half-written h5ad."""
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  os.close(fd)
+  try:
+    adata.write_h5ad(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+class _Clock:
+  """Wall seconds of named steps inside one stage."""
+
+  def __init__(self):
+    self.steps: dict[str, float] = {}
+
+  def __call__(self, name: str, fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    self.steps[name] = time.perf_counter() - start
+    return out
+
+
+# ------------------------------------------------------------------ stages (children)
+
+
+def _stage_simulate(p: dict[str, pathlib.Path]) -> dict:
+  from cardiac_jax.data import simulator  # pylint: disable=g-import-not-at-top
+  clock = _Clock()
+  adata = clock("simulate_cells", simulator.simulate_cells, n_cells=_N_CELLS.value,
+                n_genes=_N_GENES.value, seed=_SEED.value)
+  clock("write_h5ad", _write_h5ad_atomic, adata, p["cells"])
+  return {"steps": clock.steps, "nnz": int(adata.X.nnz), "shape": list(adata.shape),
+          "file_mb": p["cells"].stat().st_size / 2**20}
+
+
+def _stage_write_geo(p: dict[str, pathlib.Path]) -> dict:
+  from cardiac_jax.data import geo  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
+  _require(p["cells"], "simulate")
+  clock = _Clock()
+  adata = clock("load_h5ad", ingest.load_h5ad, p["cells"])
+  files = clock("write_geo", geo.write_geo, adata, p["geo_dir"], orientation="genes_x_cells")
+  return {"steps": clock.steps,
+          "file_mb": {k: v.stat().st_size / 2**20 for k, v in files.items()}}
+
+
+def _stage_convert(p: dict[str, pathlib.Path]) -> dict:
+  from cardiac_jax.data import geo  # pylint: disable=g-import-not-at-top
+  _require(p["geo_dir"], "write_geo")
+  files = {k: p["geo_dir"] / f"GSE175634{s}" for k, s in geo.FILE_SUFFIXES.items()}
+  clock = _Clock()
+  clock("convert_geo", geo.convert_geo, **files, out_h5ad=p["geo_h5ad"])
+  return {"steps": clock.steps, "file_mb": p["geo_h5ad"].stat().st_size / 2**20}
+
+
+def _stage_convert_check(p: dict[str, pathlib.Path]) -> dict:
+  """Requires geo.h5ad to hold exactly the simulated counts, names and obs columns."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
+  _require(p["geo_h5ad"], "convert")
+  want, got = ingest.load_h5ad(p["cells"]), ingest.load_h5ad(p["geo_h5ad"])
+  problems = []
+  for name in ("obs_names", "var_names"):
+    if not np.array_equal(np.asarray(getattr(want, name)), np.asarray(getattr(got, name))):
+      problems.append(name)
+  a, b = want.X, got.X
+  a.sum_duplicates()
+  b.sum_duplicates()
+  if a.shape != b.shape:
+    problems.append(f"shape {a.shape} != {b.shape}")
+  else:
+    for name in ("indptr", "indices", "data"):
+      if not np.array_equal(getattr(a, name), getattr(b, name)):
+        problems.append(f"X.{name}")
+  worst = 0.0
+  for col in want.obs.columns:
+    if col not in got.obs.columns:
+      problems.append(f"obs[{col!r}] missing")
+      continue
+    x, y = want.obs[col], got.obs[col]
+    if x.dtype.kind == "f":
+      # Floats pass through TSV text (float32 columns come back as float64).
+      x, y = x.to_numpy(np.float64), y.to_numpy(np.float64)
+      worst = max(worst, float(np.max(np.abs(x - y) / np.maximum(np.abs(x), 1e-300),
+                                      initial=0.0)))
+      if not np.allclose(x, y, rtol=1e-6, atol=0.0):
+        problems.append(f"obs[{col!r}]")
+    elif not np.array_equal(x.astype(str).to_numpy(), y.astype(str).to_numpy()):
+      problems.append(f"obs[{col!r}]")
+  if problems:
+    raise RuntimeError(f"GEO round trip differs in: {problems}")
+  return {"counts_identical": True, "nnz": int(a.nnz), "dtype": [str(a.dtype), str(b.dtype)],
+          "obs_float_max_rel_diff": worst}
+
+
+def _stage_build(p: dict[str, pathlib.Path]) -> dict:
+  from cardiac_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.data import dataset  # pylint: disable=g-import-not-at-top
+  _require(p["cells"], "simulate")
+  config = config_lib.preset(_PRESET.value)
+  config.data.source = "h5ad"
+  config.data.path = str(p["cells"])
+  config.data.simulator.n_genes = _N_GENES.value   # the simulated spatial section's genes
+  shutil.rmtree(p["cache"], ignore_errors=True)    # a fresh cache: every stage runs
+  config.data.cache_dir = str(p["cache"])
+  timings: dict = {}
+  ds = dataset.build_dataset(config.data, timings=timings)
+  return {"steps": {k: v["seconds"] for k, v in timings.items()},
+          "steps_peak_rss_gb": {k: v["peak_rss_mb"] / 2**10 for k, v in timings.items()},
+          "n_sequences": len(ds), "shape": list(ds.x.shape), "n_cells": ds.meta["n_cells"],
+          "cells_per_split": ds.meta["cells_per_split"]}
+
+
+_RUNNERS = {"simulate": _stage_simulate, "write_geo": _stage_write_geo,
+            "convert": _stage_convert, "convert_check": _stage_convert_check,
+            "build": _stage_build}
+
+
+# ------------------------------------------------------------------ parent
+
+
+def _run_child(stage: str, workdir: pathlib.Path) -> dict:
+  """Runs one stage in a fresh interpreter; returns its result with wall s and peak RSS."""
+  result_path = workdir / f".stage_{stage}.json"
+  result_path.unlink(missing_ok=True)
+  argv = [sys.executable, os.path.abspath(__file__), f"--stage={stage}",
+          f"--n_cells={_N_CELLS.value}", f"--n_genes={_N_GENES.value}", f"--seed={_SEED.value}",
+          f"--preset={_PRESET.value}", f"--workdir={workdir}"]
+  logging.info("stage %s: %s", stage, " ".join(argv))
+  start = time.perf_counter()
+  proc = subprocess.Popen(argv)
+  # wait4 gives this child's own rusage (RUSAGE_CHILDREN would be a max over all children).
+  _, status, usage = os.wait4(proc.pid, 0)
+  proc.returncode = os.waitstatus_to_exitcode(status)
+  wall = time.perf_counter() - start
+  if proc.returncode != 0:
+    raise RuntimeError(f"stage {stage} failed with exit code {proc.returncode}")
+  result = json.loads(result_path.read_text())
+  result_path.unlink()
+  rss_kb = usage.ru_maxrss if sys.platform != "darwin" else usage.ru_maxrss / 1024
+  result.update(stage=stage, wall_s=wall, peak_rss_gb=rss_kb / 2**20)
+  return result
+
+
+def _print_table(results: list[dict]) -> None:
+  print(f"\n{_N_CELLS.value} cells x {_N_GENES.value} genes, preset {_PRESET.value}; "
+        f"{os.cpu_count()} CPUs")
+  print(f"{'stage':<26}{'wall s':>9}{'peak RSS GB':>13}")
+  for r in results:
+    print(f"{r['stage']:<26}{r['wall_s']:>9.1f}{r['peak_rss_gb']:>13.2f}")
+    peaks = r.get("steps_peak_rss_gb", {})
+    for name, sec in r.get("steps", {}).items():
+      rss = f"{peaks[name]:>13.2f}" if name in peaks else ""
+      print(f"  {name:<24}{sec:>9.1f}{rss}")
+  timed = [r for r in results if r["stage"] in ("simulate", "build")]
+  if len(timed) == 2:
+    total = sum(r["wall_s"] for r in timed)
+    peak = max(r["peak_rss_gb"] for r in results)
+    ok = total < _TARGET_SECONDS and peak < _TARGET_RSS_GB
+    print(f"simulate + build: {total:.1f} s; max peak RSS {peak:.2f} GB "
+          f"(target < {_TARGET_SECONDS:.0f} s, < {_TARGET_RSS_GB:.0f} GB: "
+          f"{'met' if ok else 'MISSED'})")
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  workdir = pathlib.Path(_WORKDIR.value).expanduser().resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  paths = _paths(workdir)
+  if _STAGE.value:   # child: run one stage, hand the result back through a file
+    if _STAGE.value not in _RUNNERS:
+      raise app.UsageError(f"unknown --stage={_STAGE.value}; choose one of {sorted(_RUNNERS)}")
+    result = _RUNNERS[_STAGE.value](paths)
+    (workdir / f".stage_{_STAGE.value}.json").write_text(json.dumps(result))
+    return
+
+  unknown = sorted(set(_STAGES.value) - set(STAGES))
+  if unknown:
+    raise app.UsageError(f"unknown stages {unknown}; choose from {STAGES}")
+  results = []
+  for stage in _STAGES.value:
+    results.append(_run_child(stage, workdir))
+    if stage == "convert":
+      results.append(_run_child("convert_check", workdir))
+  _print_table(results)
+  out = {"n_cells": _N_CELLS.value, "n_genes": _N_GENES.value, "seed": _SEED.value,
+         "preset": _PRESET.value, "stages": results, "cpus": os.cpu_count(),
+         "machine": platform.platform(), "targets": {"seconds": _TARGET_SECONDS,
+                                                     "peak_rss_gb": _TARGET_RSS_GB}}
+  paths["json"].write_text(json.dumps(out, indent=2))
+  print(f"wrote {paths['json']}")
+
+
+if __name__ == "__main__":
+  app.run(main)
