@@ -1,0 +1,258 @@
+"""The run report: ``report.json``, ``report.md`` and the plots in ``plots/``.
+
+Plots are drawn from the ``metrics.jsonl`` records (a path or the parsed
+list), so a notebook can redraw them from any finished or running workdir.
+Every file is written to a temporary name and moved into place with
+``os.replace``, so a reader never sees half a report.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+
+PLOTS = {"curves": "learning_curves.png", "gap": "accuracy_gap.png",
+         "confusion": "confusion_matrix.png"}
+Records = Sequence[dict[str, Any]]
+
+
+def _atomic_bytes(path: str, data: bytes) -> None:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def load_records(metrics: str | os.PathLike | Records) -> list[dict[str, Any]]:
+  """The epoch records from a ``metrics.jsonl`` path, or the records themselves."""
+  if isinstance(metrics, (str, os.PathLike)):
+    with open(metrics) as f:
+      return [json.loads(line) for line in f if line.strip()]
+  return list(metrics)
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
+                           class_names: Sequence[str]) -> dict[str, Any]:
+  """Accuracy, macro-F1, per-class precision/recall/F1/support, confusion matrix.
+
+  Macro-F1 averages over the classes present in the truth or the predictions
+  (scikit-learn's default), so a class with no test sequences does not drag
+  it down with an undefined 0; the per-class table lists every class.
+  """
+  labels = list(range(len(class_names)))
+  p, r, f, s = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels,
+                                                   zero_division=0)
+  return {
+      "accuracy": float(skm.accuracy_score(y_true, y_pred)),
+      "macro_f1": float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0)),
+      "per_class": {name: {"precision": float(p[i]), "recall": float(r[i]),
+                           "f1": float(f[i]), "support": int(s[i])}
+                    for i, name in enumerate(class_names)},
+      "confusion": skm.confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+  }
+
+
+def success_criteria(results: dict[str, Any],
+                     monitor_cfg: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
+  """The design's pass/fail checks, each with its value and threshold."""
+  return {
+      "test_accuracy": {
+          "value": results["test_acc"], "threshold": monitor_cfg.target_test_acc,
+          "rule": f"test accuracy > {monitor_cfg.target_test_acc}",
+          "passed": results["test_acc"] > monitor_cfg.target_test_acc},
+      "accuracy_gap": {
+          "value": results["acc_gap"], "threshold": monitor_cfg.target_gap,
+          "rule": f"train - val accuracy at the best epoch < {monitor_cfg.target_gap}",
+          "passed": results["acc_gap"] < monitor_cfg.target_gap},
+      "val_not_below_train": {
+          "value": results["val_acc"] - results["train_acc"], "threshold": 0.0,
+          "rule": "validation accuracy >= training accuracy (best epoch)",
+          "passed": results["val_acc"] >= results["train_acc"]},
+      "val_test_agreement": {
+          "value": results["val_test_diff"], "threshold": monitor_cfg.val_test_tolerance,
+          "rule": f"|val - test accuracy| <= {monitor_cfg.val_test_tolerance}",
+          "passed": results["val_test_diff"] <= monitor_cfg.val_test_tolerance},
+  }
+
+
+def summarise(*, config: ml_collections.ConfigDict, evals: dict[str, dict[str, Any]],
+              y_test: np.ndarray, class_names: Sequence[str], records: Records,
+              best_epoch: int, early_stopped: bool, num_params: int,
+              wall_seconds: float) -> dict[str, Any]:
+  """The final results of a run: best-epoch weights evaluated on every split.
+
+  ``evals`` holds eval-mode results of the best weights for "train", "val" and
+  "test" (the test one with "probs"), so the gap and |val - test| describe
+  exactly the weights being reported.
+  """
+  y_pred = np.argmax(evals["test"]["probs"], axis=-1)
+  cls = classification_metrics(np.asarray(y_test), y_pred, class_names)
+  results = {
+      "test_acc": evals["test"]["acc"],
+      "test_loss": evals["test"]["loss"],
+      "macro_f1": cls["macro_f1"],
+      "val_acc": evals["val"]["acc"],
+      "val_loss": evals["val"]["loss"],
+      "train_acc": evals["train"]["acc"],
+      "train_loss": evals["train"]["loss"],
+      "acc_gap": evals["train"]["acc"] - evals["val"]["acc"],
+      "val_test_diff": abs(evals["val"]["acc"] - evals["test"]["acc"]),
+      "best_epoch": int(best_epoch),
+      "epochs_run": max((r["epoch"] for r in records), default=0),
+      "early_stopped": bool(early_stopped),
+      "num_params": int(num_params),
+      "train_seconds": float(sum(r.get("seconds", 0.0) for r in records)),
+      "wall_seconds": float(wall_seconds),
+      "num_test": int(evals["test"]["count"]),
+      "class_names": list(class_names),
+      "per_class": cls["per_class"],
+      "confusion": cls["confusion"],
+      "config_name": config.name,
+  }
+  results["criteria"] = success_criteria(results, config.monitor)
+  results["thresholds"] = {"moderate_gap": config.monitor.moderate_gap,
+                           "significant_gap": config.monitor.significant_gap}
+  return results
+
+
+# ---------------------------------------------------------------- files
+
+
+def _markdown(results: dict[str, Any]) -> str:
+  yes = lambda b: "yes" if b else "no"  # noqa: E731
+  lines = [
+      f"# Run report: {results['config_name']}", "",
+      "| metric | value |", "|---|---|",
+      f"| test accuracy | {results['test_acc']:.4f} |",
+      f"| macro-F1 (test) | {results['macro_f1']:.4f} |",
+      f"| validation accuracy (best epoch) | {results['val_acc']:.4f} |",
+      f"| training accuracy (best epoch, eval mode) | {results['train_acc']:.4f} |",
+      f"| accuracy gap (train - val) | {results['acc_gap']:+.4f} |",
+      f"| \\|val - test\\| | {results['val_test_diff']:.4f} |",
+      f"| best epoch | {results['best_epoch']} |",
+      f"| epochs run | {results['epochs_run']} |",
+      f"| early stopped | {yes(results['early_stopped'])} |",
+      f"| parameters | {results['num_params']:,} |",
+      f"| training time (all epochs) | {results['train_seconds']:.1f} s |",
+      f"| wall time (this call) | {results['wall_seconds']:.1f} s |",
+      "", "## Success criteria", "", "| criterion | value | result |", "|---|---|---|",
+  ]
+  for c in results["criteria"].values():
+    rule = c["rule"].replace("|", "\\|")
+    lines.append(f"| {rule} | {c['value']:.4f} | {'PASS' if c['passed'] else 'FAIL'} |")
+  lines += ["", "## Per-class (test)", "", "| class | precision | recall | F1 | support |",
+            "|---|---|---|---|---|"]
+  for name, m in results["per_class"].items():
+    lines.append(f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
+                 f"{m['support']} |")
+  names = results["class_names"]
+  lines += ["", "## Confusion matrix (test; rows = true, columns = predicted)", "",
+            "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+  for name, row in zip(names, results["confusion"]):
+    lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
+  lines += ["", "## Plots", ""]
+  lines += [f"![{key}](plots/{fname})" for key, fname in PLOTS.items()]
+  return "\n".join(lines) + "\n"
+
+
+def _save_fig(fig: Any, path: str) -> str:
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+  plt.close(fig)
+  _atomic_bytes(path, buf.getvalue())
+  return path
+
+
+def plot_learning_curves(metrics: str | os.PathLike | Records, path: str) -> str:
+  """Loss and accuracy (train vs val) and the lr / smoothing / decay schedules."""
+  recs = load_records(metrics)
+  ep = [r["epoch"] for r in recs]
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), layout="constrained")
+  ax = axes[0]
+  ax.plot(ep, [r["train_loss"] for r in recs], "o-", label="train (eval mode)")
+  ax.plot(ep, [r["val_loss"] for r in recs], "o-", label="validation")
+  ax.plot(ep, [r["train_loss_running"] for r in recs], "--", alpha=0.6,
+          label="train (running, smoothed)")
+  ax.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+  ax.legend()
+  ax = axes[1]
+  ax.plot(ep, [r["train_acc"] for r in recs], "o-", label="train (eval mode)")
+  ax.plot(ep, [r["val_acc"] for r in recs], "o-", label="validation")
+  ax.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
+  ax.legend()
+  ax = axes[2]
+  ax.plot(ep, [r["lr"] for r in recs], "o-", color="C0", label="learning rate")
+  ax.set(xlabel="epoch", ylabel="learning rate", title="Schedules (at each epoch's end)")
+  ax2 = ax.twinx()
+  ax2.plot(ep, [r["label_smoothing"] for r in recs], "s-", color="C1",
+           label="label smoothing")
+  ax2.plot(ep, [r["weight_decay"] for r in recs], "^-", color="C2", label="weight decay")
+  ax2.set_ylabel("label smoothing / weight decay")
+  handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+  ax.legend(handles, [h.get_label() for h in handles])
+  for a in axes:
+    a.grid(alpha=0.3)
+  return _save_fig(fig, path)
+
+
+def plot_accuracy_gap(metrics: str | os.PathLike | Records, path: str,
+                      moderate: float = 0.08, significant: float = 0.15) -> str:
+  """Train - validation accuracy per epoch against the overfitting thresholds."""
+  recs = load_records(metrics)
+  fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+  ax.plot([r["epoch"] for r in recs], [r["acc_gap"] for r in recs], "o-",
+          label="train - val accuracy")
+  ax.axhline(moderate, color="orange", ls="--", label=f"moderate ({moderate})")
+  ax.axhline(significant, color="red", ls="--", label=f"significant ({significant})")
+  ax.axhline(0.0, color="gray", lw=0.8)
+  ax.set(xlabel="epoch", ylabel="accuracy gap", title="Overfitting monitor")
+  ax.legend()
+  ax.grid(alpha=0.3)
+  return _save_fig(fig, path)
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str],
+                   path: str) -> str:
+  """Row-normalised confusion matrix annotated with fractions and counts."""
+  cm = np.asarray(confusion, np.float64)
+  norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1.0)
+  fig, ax = plt.subplots(figsize=(1.1 * len(class_names) + 2, 1.1 * len(class_names) + 1))
+  im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+  fig.colorbar(im, ax=ax, fraction=0.046)
+  ticks = np.arange(len(class_names))
+  ax.set(xticks=ticks, yticks=ticks, xticklabels=class_names, yticklabels=class_names,
+         xlabel="predicted", ylabel="true", title="Confusion matrix (test, row-normalised)")
+  for i in range(cm.shape[0]):
+    for j in range(cm.shape[1]):
+      ax.text(j, i, f"{norm[i, j]:.2f}\n({int(cm[i, j])})", ha="center", va="center",
+              fontsize=8, color="white" if norm[i, j] > 0.5 else "black")
+  return _save_fig(fig, path)
+
+
+def write_report(workdir: str, results: dict[str, Any], records: Records) -> dict[str, str]:
+  """Writes report.json, report.md and the three plots; returns their paths."""
+  plots_dir = os.path.join(workdir, "plots")
+  os.makedirs(plots_dir, exist_ok=True)
+  paths = {key: os.path.join(plots_dir, fname) for key, fname in PLOTS.items()}
+  th = results.get("thresholds", {})
+  plot_learning_curves(records, paths["curves"])
+  plot_accuracy_gap(records, paths["gap"], th.get("moderate_gap", 0.08),
+                    th.get("significant_gap", 0.15))
+  plot_confusion(results["confusion"], results["class_names"], paths["confusion"])
+  paths["json"] = os.path.join(workdir, "report.json")
+  paths["md"] = os.path.join(workdir, "report.md")
+  _atomic_bytes(paths["json"], json.dumps(results, indent=2, sort_keys=True).encode())
+  _atomic_bytes(paths["md"], _markdown(results).encode())
+  return paths
