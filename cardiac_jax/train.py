@@ -327,7 +327,6 @@ def data_key(ds: Any) -> str:
   return "sha1:" + h.hexdigest()
 
 
-_data_key = data_key  # the name experiments.py first used
 
 
 def _load_dataset(config: ml_collections.ConfigDict) -> Any:

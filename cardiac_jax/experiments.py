@@ -1,0 +1,697 @@
+"""Experiments that say whether the sequence model learns temporal structure.
+
+Three studies, callable from ``experiments/*.py``, tests and notebooks:
+
+* ``run_multiscale``: the scale1/2/3 presets (x seeds) trained with
+  ``train.train_and_evaluate``; the best scale is chosen on VALIDATION accuracy,
+  never on test, and the spread of test accuracy across scales and seeds says
+  how much a single number can be trusted. Seeds change the training seed
+  (initialisation, dropout, batch order) only; the splits stay identical.
+* ``run_ablations``: the non-sequence baselines of ``baselines.py`` and the
+  model trained on time-shuffled sequences, next to the normal model, with a
+  verdict computed from the numbers (DOMAIN.md: an earlier transformer was tied
+  by a ridge regression because its sequences had no temporal structure).
+* ``run_early_fate``: accuracy against the observed fraction of each sequence,
+  overall and on the CM-vs-CF branch. The model and the baselines are TRAINED
+  AND EVALUATED PER HORIZON: at fraction f they never see the hidden tail, in
+  training, validation or test. That is the honest "fate from a partial path"
+  setting; a full-length model scored on truncated inputs would mix the loss of
+  information with a train/test distribution shift.
+
+The horizon and the time shuffle are applied after the dataset cache, so every
+run of a study shares one set of splits. A run whose workdir already holds a
+finished run of the same config is reused, not retrained, so interrupted
+studies resume and studies can share runs (``reference_workdir``). Result
+files are written atomically (temp file + ``os.replace``).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import io
+import json
+import math
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+from absl import logging
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import tqdm  # noqa: E402
+
+from cardiac_jax import baselines as baselines_lib  # noqa: E402
+from cardiac_jax import checkpoint as checkpoint_lib  # noqa: E402
+from cardiac_jax import config_lib  # noqa: E402
+from cardiac_jax import scaling  # noqa: E402
+from cardiac_jax import train as train_lib  # noqa: E402
+from cardiac_jax.data import dataset as dataset_lib  # noqa: E402
+from cardiac_jax.data import sequences as sequences_lib  # noqa: E402
+
+SCALES = tuple(config_lib.SCALES)
+QUICK_DIVISOR = 25     # quick mode: sequences per population / 25 (scale1 -> 40)
+QUICK_EPOCHS = 2
+# Two-sided ~95% band for a difference of two test accuracies (binomial noise).
+NOISE_SIGMAS = 2.0
+_RUN_KEYS = ("train_acc", "val_acc", "test_acc", "macro_f1", "acc_gap", "loss_gap",
+             "num_params", "epochs_run", "best_epoch", "wall_seconds")
+
+
+# ---------------------------------------------------------------- configs
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+  """``["train.num_epochs=5", "model.norm=layer"]`` -> {dotted key: value}.
+
+  Values are Python literals where they parse as one, else strings.
+  """
+  out = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"override {item!r} must look like dotted.key=value, e.g. "
+                       "train.num_epochs=5")
+    try:
+      out[key.strip()] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key.strip()] = value
+  return out
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Mapping[str, Any] | None) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with dotted-key overrides applied (unknown keys raise)."""
+  config = config.copy_and_resolve_references()
+  for key, value in (overrides or {}).items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(f"unknown config field {key!r}; see cardiac_jax/config_lib.py.")
+    node[leaf] = value
+  return config
+
+
+def quick_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy shrunk to the debug preset's sizes, keeping the scale's proportions.
+
+  Sequences per population and spatial sequences are divided by
+  ``QUICK_DIVISOR`` (scale1 -> 40/20, exactly the debug preset's data), so
+  quick runs of scale1/2/3 still differ in size in the same ratio. Model width
+  and depth, batch size and epochs take the debug values only where the config
+  leaves them adaptive (None), and nothing else in ``model`` / ``train``
+  changes, so ``--quick --config.train.num_epochs=12`` trains 12 epochs.
+  """
+  config = config.copy_and_resolve_references()
+  debug = config_lib.preset("debug")
+  seq = config.data.sequences
+  per_population = max(20, int(seq.per_population) // QUICK_DIVISOR)
+  spatial_total = max(10, int(seq.spatial_total) // QUICK_DIVISOR)
+  for section, fields in (
+      ("data.simulator", ("n_cells", "n_genes")),
+      ("data.spatial", ("n_spots",)),
+      ("data.preprocess", ("n_hvg", "n_pcs")),
+      ("data.sequences", ("length",))):
+    src, dst = debug, config
+    for part in section.split("."):
+      src, dst = src[part], dst[part]
+    for f in fields:
+      dst[f] = src[f]
+  seq.per_population, seq.spatial_total = per_population, spatial_total
+  for section, field, value in (("model", "width", debug.model.width),
+                                ("model", "depth", debug.model.depth),
+                                ("train", "batch_size", debug.train.batch_size),
+                                ("train", "num_epochs", QUICK_EPOCHS)):
+    if config[section][field] is None:
+      config[section][field] = value
+  return config
+
+
+def _prepare(config: ml_collections.ConfigDict, quick: bool,
+             overrides: Mapping[str, Any] | None) -> ml_collections.ConfigDict:
+  config = quick_config(config) if quick else config.copy_and_resolve_references()
+  return apply_overrides(config, overrides)
+
+
+def with_data(config: ml_collections.ConfigDict,
+              **sequence_fields: Any) -> ml_collections.ConfigDict:
+  """A copy with ``config.data.sequences`` fields replaced (horizon, time shuffle)."""
+  config = config.copy_and_resolve_references()
+  for k, v in sequence_fields.items():
+    config.data.sequences[k] = v
+  return config
+
+
+# ---------------------------------------------------------------- runs
+
+
+def _read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def finished_report(config: ml_collections.ConfigDict, workdir: str,
+                    dataset: Any) -> dict[str, Any] | None:
+  """The report of a FINISHED run of exactly this config and data in ``workdir``, else None.
+
+  Finished: early-stopped, or ran all ``num_epochs`` of the resolved config. The
+  config fingerprint (every field that changes the run, plus the data key) must
+  match, so a report of another config or horizon is never mistaken for this one.
+  """
+  report_path = os.path.join(workdir, "report.json")
+  stored = checkpoint_lib.read_config_file(workdir)
+  if stored is None or not os.path.exists(report_path):
+    return None
+  resolved = scaling.resolve_config(config, len(dataset.y))
+  # pylint: disable-next=protected-access
+  fp = checkpoint_lib.fingerprint(resolved, train_lib.data_key(dataset))
+  if checkpoint_lib.fingerprint_diff(stored.get("fingerprint", {}), fp):
+    return None
+  report = _read_json(report_path)
+  if report.get("early_stopped") or report.get("epochs_run", 0) >= resolved.train.num_epochs:
+    return report
+  return None
+
+
+def train_or_reuse(config: ml_collections.ConfigDict, workdir: str,
+                   dataset: Any) -> dict[str, Any]:
+  """``train.train_and_evaluate`` unless ``workdir`` holds this run finished.
+
+  A partial run resumes from its checkpoint; a different config in the workdir
+  raises ``ConfigError`` (from the train loop) rather than being overwritten.
+  """
+  workdir = os.path.abspath(workdir)
+  report = finished_report(config, workdir, dataset)
+  if report is not None:
+    logging.info("Reusing the finished run in %s (test acc %.4f).", workdir,
+                 report["test_acc"])
+    return report
+  return train_lib.train_and_evaluate(config, workdir, dataset=dataset)
+
+
+def run_summary(results: Mapping[str, Any], dataset: Any) -> dict[str, Any]:
+  """The numbers a study table needs from one run's results."""
+  out = {k: results[k] for k in _RUN_KEYS if k in results}
+  out["loss_gap"] = float(results["val_loss"] - results["train_loss"])
+  out["sequences"] = int(len(dataset.y))
+  out["train_sequences"] = int(np.sum(np.asarray(dataset.split) == 0))
+  out["test_sequences"] = int(results.get("num_test", np.sum(np.asarray(dataset.split) == 2)))
+  out.update(baselines_lib.fate_metrics(results["confusion"], results["class_names"]))
+  return out
+
+
+def _progress(items: Sequence[Any], desc: str):
+  return tqdm.tqdm(items, desc=desc, unit="run", disable=None, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------- files
+
+
+def _atomic_write(path: str, data: str | bytes) -> str:
+  data = data.encode() if isinstance(data, str) else data
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
+  return path
+
+
+def _write_json(path: str, obj: Any) -> str:
+  return _atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default))
+
+
+def _json_default(o: Any) -> Any:
+  if isinstance(o, (np.integer,)):
+    return int(o)
+  if isinstance(o, (np.floating,)):
+    return float(o)
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  raise TypeError(f"not JSON-able: {type(o)}")
+
+
+def _save_fig(fig: Any, path: str) -> str:
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+  plt.close(fig)
+  return _atomic_write(path, buf.getvalue())
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+  if v is None:
+    return "–"
+  if isinstance(v, float):
+    return f"{v:.{digits}f}"
+  return str(v)
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+  return lines
+
+
+def _se_diff(p1: float, p2: float, n: int) -> float:
+  """Binomial standard error of the difference of two accuracies on n examples."""
+  n = max(int(n), 1)
+  return math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n)
+
+
+# ---------------------------------------------------------------- multiscale
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  arr = np.asarray(values, np.float64)
+  return float(arr.mean()), float(arr.std())
+
+
+def run_multiscale(scales: Sequence[str] = SCALES, seeds: Sequence[int] = (0,), *,
+                   workdir_root: str, overrides: Mapping[str, Any] | None = None,
+                   quick: bool = False) -> dict[str, Any]:
+  """Trains each scale preset for each seed in ``<root>/<scale>_seed<k>`` and compares.
+
+  Args:
+    scales: preset names (``config_lib.SCALES``).
+    seeds: training seeds (config.seed); the data and splits do not change.
+    workdir_root: where the runs and multiscale.{md,json,png} go.
+    overrides: dotted-key config overrides applied to every run.
+    quick: shrink every run (``quick_config``) for tests and smoke checks.
+
+  Returns:
+    {"runs": [per run], "scales": {scale: means / stds over seeds},
+    "best_scale_by_val", "test_acc_spread": {"max_minus_min", "std", ...},
+    "targets", "files"}.
+  """
+  if not scales or not seeds:
+    raise ValueError("run_multiscale needs at least one scale and one seed.")
+  root = os.path.abspath(workdir_root)
+  os.makedirs(root, exist_ok=True)
+  runs = []
+  datasets: dict[str, Any] = {}
+  base = None
+  for scale, seed in _progress([(s, k) for s in scales for k in seeds], "multiscale"):
+    config = _prepare(config_lib.preset(scale), quick, overrides)
+    config.seed = int(seed)
+    if base is None:
+      base = config
+    if scale not in datasets:
+      datasets = {scale: dataset_lib.build_dataset(config.data)}   # one scale in memory
+    ds = datasets[scale]
+    workdir = os.path.join(root, f"{scale}_seed{seed}")
+    logging.info("multiscale: %s seed %d (%d sequences) in %s", scale, seed, len(ds.y), workdir)
+    results = train_or_reuse(config, workdir, ds)
+    runs.append({"scale": scale, "seed": int(seed), "workdir": workdir,
+                 **run_summary(results, ds)})
+
+  per_scale = {}
+  for scale in scales:
+    rs = [r for r in runs if r["scale"] == scale]
+    entry = {"seeds": [r["seed"] for r in rs], "sequences": rs[0]["sequences"],
+             "num_params": rs[0]["num_params"]}
+    for key in ("train_acc", "val_acc", "test_acc", "macro_f1", "acc_gap", "loss_gap",
+                "epochs_run", "best_epoch", "wall_seconds"):
+      entry[key], entry[f"{key}_std"] = _mean_std([r[key] for r in rs])
+    per_scale[scale] = entry
+  best = max(scales, key=lambda s: per_scale[s]["val_acc"])   # ties: the smaller scale
+  test = [r["test_acc"] for r in runs]
+  mon = base.monitor
+  result = {
+      "quick": bool(quick),
+      "scales_order": list(scales),
+      "seeds": [int(k) for k in seeds],
+      "runs": runs,
+      "scales": per_scale,
+      "best_scale_by_val": best,
+      "best_scale_test_acc": per_scale[best]["test_acc"],
+      "test_acc_spread": {"max_minus_min": float(max(test) - min(test)),
+                          "std": float(np.std(test)), "min": float(min(test)),
+                          "max": float(max(test)), "n_runs": len(test)},
+      "targets": {"test_acc": float(mon.target_test_acc), "acc_gap": float(mon.target_gap)},
+  }
+  result["files"] = {
+      "json": os.path.join(root, "multiscale.json"),
+      "md": os.path.join(root, "multiscale.md"),
+      "png": os.path.join(root, "multiscale.png"),
+  }
+  _plot_multiscale(result, result["files"]["png"])
+  _atomic_write(result["files"]["md"], _multiscale_md(result))
+  _write_json(result["files"]["json"], result)
+  logging.info("multiscale: best scale on validation %s (test %.4f); test spread %.4f",
+               best, per_scale[best]["test_acc"], result["test_acc_spread"]["max_minus_min"])
+  return result
+
+
+def _multiscale_md(r: dict[str, Any]) -> str:
+  lines = [f"# Multi-scale comparison{' (quick mode)' if r['quick'] else ''}", "",
+           f"Seeds: {r['seeds']} (training seed only; identical splits).", ""]
+  lines += _table(
+      ("scale", "seed", "sequences", "params", "epochs run", "best epoch", "train acc",
+       "val acc", "test acc", "macro-F1", "acc gap", "loss gap", "wall s"),
+      [(x["scale"], x["seed"], x["sequences"], x["num_params"], x["epochs_run"],
+        x["best_epoch"], x["train_acc"], x["val_acc"], x["test_acc"], x["macro_f1"],
+        x["acc_gap"], x["loss_gap"], f"{x['wall_seconds']:.1f}") for x in r["runs"]])
+  if len(r["seeds"]) > 1:
+    lines += ["", "Mean ± std over seeds:", ""]
+    lines += _table(
+        ("scale", "train acc", "val acc", "test acc", "acc gap"),
+        [(s, *(f"{e[k]:.4f} ± {e[k + '_std']:.4f}"
+               for k in ("train_acc", "val_acc", "test_acc", "acc_gap")))
+         for s, e in r["scales"].items()])
+  sp, t = r["test_acc_spread"], r["targets"]
+  best = r["best_scale_by_val"]
+  lines += [
+      "",
+      f"**Best scale on validation: {best}** (val {r['scales'][best]['val_acc']:.4f}, "
+      f"test {r['scales'][best]['test_acc']:.4f}; target test accuracy > {t['test_acc']}, "
+      f"gap < {t['acc_gap']}).",
+      f"Test accuracy spread over {sp['n_runs']} runs: max − min {sp['max_minus_min']:.4f}, "
+      f"std {sp['std']:.4f} (range {sp['min']:.4f}–{sp['max']:.4f}).",
+      "",
+      "![multiscale](multiscale.png)",
+      ""]
+  return "\n".join(lines)
+
+
+def _plot_multiscale(r: dict[str, Any], path: str) -> str:
+  scales = r["scales_order"]
+  pos = np.arange(len(scales))
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+  for i, (key, label) in enumerate((("train_acc", "train"), ("val_acc", "val"),
+                                    ("test_acc", "test"))):
+    ax1.errorbar(pos + (i - 1) * 0.08, [r["scales"][s][key] for s in scales],
+                 yerr=[r["scales"][s][key + "_std"] for s in scales], marker="o",
+                 capsize=3, label=label)
+  ax1.axhline(r["targets"]["test_acc"], color="k", ls="--", lw=1,
+              label=f"target {r['targets']['test_acc']}")
+  ax1.set(xticks=pos, xticklabels=scales, ylabel="accuracy", ylim=(0, 1.02),
+          title="accuracy per scale (best-epoch weights)")
+  ax1.legend(loc="lower right", fontsize=8)
+  ax2.bar(pos, [r["scales"][s]["acc_gap"] for s in scales],
+          yerr=[r["scales"][s]["acc_gap_std"] for s in scales], color="tab:orange", capsize=3)
+  ax2.axhline(r["targets"]["acc_gap"], color="k", ls="--", lw=1,
+              label=f"target {r['targets']['acc_gap']}")
+  ax2.axhline(0.0, color="grey", lw=0.5)
+  ax2.set(xticks=pos, xticklabels=scales, ylabel="train − val accuracy", title="accuracy gap")
+  ax2.legend(fontsize=8)
+  return _save_fig(fig, path)
+
+
+# ---------------------------------------------------------------- ablations
+
+
+POOLED = ("logreg_mean", "hgb_summary", "knn_mean")
+_MODEL_KEYS = ("train_acc", "val_acc", "test_acc", "macro_f1", "acc_gap", "loss_gap",
+               "cm_cf_acc", "per_class_acc", "epochs_run", "best_epoch", "num_params",
+               "test_sequences", "workdir")
+
+
+def drop_day_feature(dataset: Any) -> Any:
+  """The dataset with the per-step day feature zeroed (column ``n_pcs``).
+
+  ``time_shuffle`` moves each step's day value along with its cell, so a model
+  can re-sort a shuffled sequence by day; zeroing the day as well removes every
+  trace of the order. The data key changes so no run of the full data is
+  mistaken for a run of this one.
+  """
+  day = int(dataset.meta.get("n_pcs", dataset.num_features - 2))
+  x = np.array(dataset.x, copy=True)
+  x[..., day] = 0.0
+  meta = dict(dataset.meta, day_feature_removed=True)
+  if meta.get("cache_key"):
+    meta["cache_key"] = f"{meta['cache_key']}:no-day"
+  return dataclasses.replace(dataset, x=x, meta=meta)
+
+
+def _compare(diff: float, noise: float, better: str, worse: str, tie: str) -> str:
+  if diff > noise:
+    return better
+  return worse if diff < -noise else tie
+
+
+def ablation_verdict(model: Mapping[str, Any], shuffled: Mapping[str, Any],
+                     baselines: Mapping[str, Mapping[str, Any]], n_test: int,
+                     order_blind: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Does the model beat the per-cell and pooled baselines, and does removing order hurt it?
+
+  "Clearly" means by more than ``NOISE_SIGMAS`` binomial standard errors of the
+  difference of two test accuracies on ``n_test`` sequences. The pooled
+  baseline compared against is the one best on VALIDATION.
+  """
+  m = float(model["test_acc"])
+  last = float(baselines["logreg_last"]["test_acc"])
+  pooled_name = baselines_lib.best_on_val({k: baselines[k] for k in POOLED if k in baselines})
+  pooled = float(baselines[pooled_name]["test_acc"])
+  shuf = float(shuffled["test_acc"])
+  others = {"last": last, "pooled": pooled, "shuffle": shuf}
+  if order_blind is not None:
+    others["order_blind"] = float(order_blind["test_acc"])
+  noise = {k: NOISE_SIGMAS * _se_diff(m, v, n_test) for k, v in others.items()}
+  hurts = {k: m - v > noise[k] for k, v in others.items()}
+  beat = lambda k: _compare(m - others[k], noise[k], "beats", "is clearly worse than",  # noqa: E731
+                            "does not clearly beat")
+  harm = lambda k: _compare(m - others[k], noise[k], "hurts", "improves",  # noqa: E731
+                            "does not clearly hurt")
+  text = (f"Sequence model test {m:.3f} {beat('last')} the per-cell last-step baseline "
+          f"{last:.3f} ({m - last:+.3f}) and {beat('pooled')} the best pooled baseline "
+          f"({pooled_name}) {pooled:.3f} ({m - pooled:+.3f}); shuffling time "
+          f"{harm('shuffle')} it ({m:.3f} -> {shuf:.3f}, {shuf - m:+.3f})")
+  if order_blind is not None:
+    ob = others["order_blind"]
+    text += (f"; shuffling AND removing the day feature {harm('order_blind')} it "
+             f"({m:.3f} -> {ob:.3f}, {ob - m:+.3f})")
+  text += (f". Noise band ±{NOISE_SIGMAS:g} s.e. on {n_test} test sequences: "
+           f"{max(noise.values()):.3f}.")
+  out = {"model_test_acc": m, "last_step_test_acc": last, "best_pooled": pooled_name,
+         "best_pooled_test_acc": pooled, "shuffled_test_acc": shuf,
+         "margin_vs_last_step": m - last, "margin_vs_pooled": m - pooled,
+         "shuffle_drop": m - shuf, "noise_band": noise, "beats_last_step": hurts["last"],
+         "beats_pooled": hurts["pooled"], "shuffle_hurts": hurts["shuffle"], "text": text}
+  if order_blind is not None:
+    out.update(order_blind_test_acc=others["order_blind"],
+               order_blind_drop=m - others["order_blind"],
+               order_blind_hurts=hurts["order_blind"])
+  # Temporal information is used when the model beats every order-blind baseline and
+  # loses accuracy once order is removed (the strongest removal that was run).
+  removal = "order_blind" if order_blind is not None else "shuffle"
+  out["uses_temporal_information"] = bool(hurts["pooled"] and hurts["last"] and hurts[removal])
+  return out
+
+
+def run_ablations(config: ml_collections.ConfigDict, workdir_root: str, quick: bool = False, *,
+                  reference_workdir: str | None = None,
+                  overrides: Mapping[str, Any] | None = None,
+                  order_blind: bool = True) -> dict[str, Any]:
+  """Baselines, the model and the model on time-shuffled sequences, on identical splits.
+
+  Args:
+    config: the run's config (e.g. ``config_lib.preset("scale1")``).
+    workdir_root: where runs and ablations.{md,json} go.
+    quick: shrink the config (``quick_config``).
+    reference_workdir: a workdir holding (or to hold) the normal model's run of
+      this config; reused when finished. Default ``<root>/model``.
+    overrides: dotted-key config overrides.
+    order_blind: also train on time-shuffled sequences with the day feature
+      zeroed (``drop_day_feature``): the shuffle alone leaves each step's day,
+      from which the order can be rebuilt.
+
+  Returns:
+    {"rows": table rows, "baselines", "model", "model_time_shuffled",
+    "model_order_blind" (if run), "verdict", "files"}.
+  """
+  root = os.path.abspath(workdir_root)
+  os.makedirs(root, exist_ok=True)
+  config = _prepare(config, quick, overrides)
+  config = with_data(config, time_shuffle=False)
+  ds = dataset_lib.build_dataset(config.data)
+  logging.info("ablations: baselines on %d sequences", len(ds.y))
+  base = baselines_lib.run_baselines(ds, seed=int(config.seed))
+
+  shuffled_cfg = with_data(config, time_shuffle=True)
+  model_dir = os.path.abspath(reference_workdir or os.path.join(root, "model"))
+  shuffled_ds = dataset_lib.build_dataset(shuffled_cfg.data)
+  jobs = [("model", config, model_dir, ds),
+          ("model_time_shuffled", shuffled_cfg, os.path.join(root, "model_time_shuffled"),
+           shuffled_ds)]
+  if order_blind:
+    jobs.append(("model_order_blind", shuffled_cfg, os.path.join(root, "model_order_blind"),
+                 drop_day_feature(shuffled_ds)))
+  models = {}
+  for name, cfg, wd, data in _progress(jobs, "ablations"):
+    summary = run_summary(train_or_reuse(cfg, wd, data), data)
+    models[name] = {k: summary[k] for k in _MODEL_KEYS if k in summary}
+    models[name]["workdir"] = wd
+
+  labels = {"model": "sequence model", "model_time_shuffled": "sequence model, time-shuffled",
+            "model_order_blind": "sequence model, time-shuffled, no day feature"}
+  rows = []
+  for name in models:
+    m = models[name]
+    label = labels[name]
+    rows.append({"model": label, "key": name, "train_acc": m["train_acc"],
+                 "val_acc": m["val_acc"], "test_acc": m["test_acc"],
+                 "macro_f1": m["macro_f1"], "cm_cf_acc": m["cm_cf_acc"]})
+  for name, b in base.items():
+    rows.append({"model": name, "key": name, "train_acc": b["train_acc"],
+                 "val_acc": b["val_acc"], "test_acc": b["test_acc"],
+                 "macro_f1": b["macro_f1"], "cm_cf_acc": b["cm_cf_acc"],
+                 "description": b["description"], "selected": b["selected"]})
+  n_test = int(np.sum(np.asarray(ds.split) == 2))
+  verdict = ablation_verdict(models["model"], models["model_time_shuffled"], base, n_test,
+                             models.get("model_order_blind"))
+  result = {"quick": bool(quick), "config_name": config.name, "sequences": int(len(ds.y)),
+            "test_sequences": n_test, "rows": rows, "baselines": base, **models,
+            "verdict": verdict}
+  result["files"] = {"json": os.path.join(root, "ablations.json"),
+                     "md": os.path.join(root, "ablations.md")}
+  _atomic_write(result["files"]["md"], _ablations_md(result))
+  _write_json(result["files"]["json"], result)
+  logging.info("ablations: %s", verdict["text"])
+  return result
+
+
+def _ablations_md(r: dict[str, Any]) -> str:
+  lines = [f"# Ablations: {r['config_name']}{' (quick mode)' if r['quick'] else ''}", "",
+           f"{r['sequences']} sequences, {r['test_sequences']} in test; identical splits "
+           "for every row. Baselines: fitted on train, hyperparameter chosen on val.", ""]
+  lines += _table(("model", "train acc", "val acc", "test acc", "macro-F1 (test)",
+                   "CM-vs-CF acc (test)", "chosen on val"),
+                  [(x["model"], x["train_acc"], x["val_acc"], x["test_acc"], x["macro_f1"],
+                    x["cm_cf_acc"],
+                    ", ".join(f"{k}={v}" for k, v in x.get("selected", {}).items()) or "–")
+                   for x in r["rows"]])
+  lines += ["", f"**Verdict:** {r['verdict']['text']}", ""]
+  if "model_order_blind" in r:
+    lines += ["Time shuffling permutes whole steps, so each cell keeps its day value and a "
+              "model could re-sort by it; the no-day row removes that route too.", ""]
+  lines += [f"- `{n}`: {b['description']}" for n, b in r["baselines"].items()]
+  lines.append("")
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- early fate
+
+
+def run_early_fate(config: ml_collections.ConfigDict, workdir_root: str,
+                   fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0), quick: bool = False,
+                   *, reference_workdir: str | None = None,
+                   overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Accuracy against the observed fraction, for the model and the best baseline.
+
+  The model and every baseline are trained and evaluated per horizon (see the
+  module docstring). The baseline reported is the one best on validation at
+  f = 1.0 (fitted there even if 1.0 is not among ``fractions``), and is then
+  followed across all fractions.
+
+  Args:
+    config: the run's config.
+    workdir_root: runs go to ``<root>/model_f<f>``; early_fate.{md,json,png}.
+    fractions: observed fractions in (0, 1].
+    quick: shrink the config (``quick_config``).
+    reference_workdir: workdir of the normal (f = 1.0) run, reused when finished.
+    overrides: dotted-key config overrides.
+
+  Returns:
+    {"fractions", "rows" (per fraction: model and best baseline accuracy and
+    CM-vs-CF accuracy), "best_baseline", "baselines" (all, per fraction),
+    "summary", "files"}.
+  """
+  fractions = sorted({float(f) for f in fractions})
+  if not fractions or fractions[0] <= 0.0 or fractions[-1] > 1.0:
+    raise ValueError(f"fractions must lie in (0, 1], got {fractions}.")
+  root = os.path.abspath(workdir_root)
+  os.makedirs(root, exist_ok=True)
+  config = with_data(_prepare(config, quick, overrides), time_shuffle=False)
+  seed = int(config.seed)
+
+  def data_at(f):
+    cfg = with_data(config, observed_fraction=f)
+    return cfg, dataset_lib.build_dataset(cfg.data)
+
+  base_by_f = {}
+  if 1.0 not in fractions:
+    base_by_f[1.0] = baselines_lib.run_baselines(data_at(1.0)[1], seed=seed)
+  rows = []
+  for f in _progress(fractions, "early fate"):
+    cfg, ds = data_at(f)
+    base_by_f[f] = baselines_lib.run_baselines(ds, seed=seed)
+    wd = (os.path.abspath(reference_workdir) if f == 1.0 and reference_workdir
+          else os.path.join(root, f"model_f{f:.2f}"))
+    logging.info("early fate: f=%.2f (%d of %d steps visible) in %s", f,
+                 sequences_lib.visible_steps(ds.length, f), ds.length, wd)
+    summary = run_summary(train_or_reuse(cfg, wd, ds), ds)
+    rows.append({"fraction": f, "visible_steps": sequences_lib.visible_steps(ds.length, f),
+                 "length": ds.length, "workdir": wd, "model_test_acc": summary["test_acc"],
+                 "model_val_acc": summary["val_acc"], "model_cm_cf_acc": summary["cm_cf_acc"],
+                 "model_macro_f1": summary["macro_f1"],
+                 "model_per_class_acc": summary["per_class_acc"]})
+  best = baselines_lib.best_on_val(base_by_f[1.0])
+  for row in rows:
+    b = base_by_f[row["fraction"]][best]
+    row.update(baseline_test_acc=b["test_acc"], baseline_val_acc=b["val_acc"],
+               baseline_cm_cf_acc=b["cm_cf_acc"], baseline_macro_f1=b["macro_f1"],
+               baseline_per_class_acc=b["per_class_acc"])
+  n_classes = len(config.data.classes)
+  result = {"quick": bool(quick), "config_name": config.name, "fractions": fractions,
+            "protocol": "trained and evaluated per horizon", "best_baseline": best,
+            "chance": 1.0 / n_classes, "rows": rows,
+            "baselines": {f"{f:.2f}": v for f, v in sorted(base_by_f.items())}}
+  result["summary"] = _early_fate_summary(result)
+  result["files"] = {"json": os.path.join(root, "early_fate.json"),
+                     "md": os.path.join(root, "early_fate.md"),
+                     "png": os.path.join(root, "early_fate.png")}
+  _plot_early_fate(result, result["files"]["png"])
+  _atomic_write(result["files"]["md"], _early_fate_md(result))
+  _write_json(result["files"]["json"], result)
+  logging.info("early fate: %s", result["summary"])
+  return result
+
+
+def _early_fate_summary(r: dict[str, Any]) -> str:
+  first, last = r["rows"][0], r["rows"][-1]
+  ahead = [x["fraction"] for x in r["rows"] if x["model_test_acc"] > x["baseline_test_acc"]]
+  return (f"Model test accuracy {first['model_test_acc']:.3f} at f={first['fraction']:.2f} -> "
+          f"{last['model_test_acc']:.3f} at f={last['fraction']:.2f} (CM-vs-CF "
+          f"{_fmt(first['model_cm_cf_acc'], 3)} -> {_fmt(last['model_cm_cf_acc'], 3)}); best "
+          f"baseline {r['best_baseline']} {first['baseline_test_acc']:.3f} -> "
+          f"{last['baseline_test_acc']:.3f}. Model ahead at fractions "
+          f"{[round(f, 2) for f in ahead] or 'none'}.")
+
+
+def _early_fate_md(r: dict[str, Any]) -> str:
+  lines = [f"# Early fate prediction: {r['config_name']}{' (quick mode)' if r['quick'] else ''}",
+           "", "Protocol: the model and the baselines are **trained and evaluated per "
+           "horizon** — at observed fraction f only the first ceil(f·L) steps exist for "
+           "training, validation and test (the fate-from-a-partial-path setting). Splits are "
+           "identical at every f.", "",
+           f"Best baseline (validation accuracy at f = 1.0): `{r['best_baseline']}`. "
+           f"Chance: {r['chance']:.3f}.", ""]
+  lines += _table(("fraction", "visible steps", "model test acc", "model CM-vs-CF acc",
+                   f"{r['best_baseline']} test acc", f"{r['best_baseline']} CM-vs-CF acc"),
+                  [(f"{x['fraction']:.2f}", f"{x['visible_steps']}/{x['length']}",
+                    x["model_test_acc"], x["model_cm_cf_acc"], x["baseline_test_acc"],
+                    x["baseline_cm_cf_acc"]) for x in r["rows"]])
+  lines += ["", r["summary"], "", "![early fate](early_fate.png)", ""]
+  return "\n".join(lines)
+
+
+def _plot_early_fate(r: dict[str, Any], path: str) -> str:
+  f = [x["fraction"] for x in r["rows"]]
+  nan = lambda v: np.nan if v is None else v  # noqa: E731
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.plot(f, [x["model_test_acc"] for x in r["rows"]], "o-", color="tab:blue",
+          label="sequence model: all classes")
+  ax.plot(f, [nan(x["model_cm_cf_acc"]) for x in r["rows"]], "o--", color="tab:blue",
+          label="sequence model: CM vs CF")
+  ax.plot(f, [x["baseline_test_acc"] for x in r["rows"]], "s-", color="tab:orange",
+          label=f"{r['best_baseline']}: all classes")
+  ax.plot(f, [nan(x["baseline_cm_cf_acc"]) for x in r["rows"]], "s--", color="tab:orange",
+          label=f"{r['best_baseline']}: CM vs CF")
+  ax.axhline(r["chance"], color="grey", ls=":", lw=1, label="chance")
+  ax.set(xlabel="observed fraction of the sequence", ylabel="test accuracy", ylim=(0, 1.02),
+         title="early fate prediction (trained per horizon)")
+  ax.legend(fontsize=8, loc="lower right")
+  return _save_fig(fig, path)

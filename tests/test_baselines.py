@@ -1,0 +1,139 @@
+"""Baselines on synthetic sequence datasets whose answer is known by construction."""
+import numpy as np
+import pytest
+
+from cardiac_jax import baselines
+from cardiac_jax.data.dataset import SequenceDataset
+
+CLASSES = ("IPSC", "MES", "CMES", "PROG", "CM", "CF")
+
+
+def _dataset(x, y, seed=0, fractions=(0.6, 0.2, 0.2), mask=None, class_names=("A", "B")):
+  n, length, _ = x.shape
+  rng = np.random.default_rng(seed)
+  split = rng.choice(3, size=n, p=fractions).astype(np.int8)
+  return SequenceDataset(
+      x=x.astype(np.float32), y=np.asarray(y, np.int32),
+      mask=np.ones((n, length), np.float32) if mask is None else mask.astype(np.float32),
+      split=split, modality=np.zeros(n, np.int8),
+      source_index=np.zeros((n, length), np.int64), class_names=tuple(class_names), meta={})
+
+
+def _order_only(n=600, length=12, n_feat=4, seed=0):
+  """Label = direction in time: the SAME multiset of values, ascending (0) or descending (1).
+
+  Order-blind pooled features (mean over steps) carry nothing; the last step is the
+  max (class 0) or the min (class 1) of the sequence, so a per-cell classifier on
+  it is nearly perfect.
+  """
+  rng = np.random.default_rng(seed)
+  values = np.sort(rng.standard_normal((n, length, n_feat)), axis=1)
+  y = rng.integers(0, 2, n)
+  x = np.where(y[:, None, None] == 0, values, values[:, ::-1])
+  return _dataset(x, y, seed)
+
+
+def test_order_only_label_pooled_chance_last_step_informative():
+  r = baselines.run_baselines(_order_only())
+  assert r["logreg_last"]["test_acc"] > 0.9
+  assert r["hgb_summary"]["test_acc"] > 0.9        # slope / first / last see the order
+  assert abs(r["logreg_mean"]["test_acc"] - 0.5) < 0.15
+  assert abs(r["knn_mean"]["test_acc"] - 0.5) < 0.15
+  for res in r.values():
+    for s in ("train", "val", "test"):
+      assert 0.0 <= res[f"{s}_acc"] <= 1.0 and 0.0 <= res[f"{s}_macro_f1"] <= 1.0
+
+
+def test_label_in_mean_only_pooled_beats_last_step():
+  """Each step is class mean + heavy noise: pooling averages the noise away."""
+  rng = np.random.default_rng(1)
+  n, length = 600, 30
+  y = rng.integers(0, 2, n)
+  x = (y[:, None, None] * 1.0 + 2.0 * rng.standard_normal((n, length, 3)))
+  r = baselines.run_baselines(_dataset(x, y, 1), names=("logreg_last", "logreg_mean"))
+  assert r["logreg_mean"]["test_acc"] > 0.9
+  assert r["logreg_last"]["test_acc"] < 0.75
+  assert r["logreg_mean"]["selected"]["C"] in baselines.LOGREG_C
+
+
+def test_majority_is_the_majority_fraction():
+  rng = np.random.default_rng(2)
+  y = rng.choice(3, size=500, p=(0.2, 0.7, 0.1))
+  ds = _dataset(rng.standard_normal((500, 5, 2)), y, 2, class_names=("a", "b", "c"))
+  r = baselines.run_baselines(ds, names=("majority",))["majority"]
+  top = np.bincount(ds.y[ds.split == 0]).argmax()
+  assert r["selected"] == {"class": ("a", "b", "c")[top]}
+  for s, sid in (("train", 0), ("val", 1), ("test", 2)):
+    assert r[f"{s}_acc"] == pytest.approx(np.mean(ds.y[ds.split == sid] == top))
+
+
+def test_pooled_features_ignore_hidden_steps_and_slope_is_exact():
+  rng = np.random.default_rng(3)
+  n, length, f = 5, 9, 3
+  t = np.arange(length) / (length - 1)
+  a, b = rng.standard_normal((n, 1, f)), rng.standard_normal((n, 1, f))
+  x = (a + b * t[None, :, None]).astype(np.float32)
+  mask = np.ones((n, length), np.float32)
+  mask[:, 6:] = 0
+  mask[0, 1:] = 0                                   # one visible step: slope 0, std 0
+  garbage = np.where(mask[..., None] > 0, x, 1e6).astype(np.float32)
+  p, q = baselines.pooled_features(x, mask), baselines.pooled_features(garbage, mask)
+  for k in p:
+    np.testing.assert_allclose(p[k], q[k], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(p["slope"][1:], b[1:, 0], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(p["last"][1:], x[1:, 5], rtol=1e-6)
+  np.testing.assert_allclose(p["first"], x[:, 0], rtol=1e-6)
+  np.testing.assert_allclose(p["slope"][0], 0.0, atol=1e-6)
+  np.testing.assert_allclose(p["std"][0], 0.0, atol=1e-6)
+  np.testing.assert_allclose(p["mean"][1:], x[1:, :6].mean(axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_no_visible_step_is_an_error():
+  with pytest.raises(ValueError, match="visible"):
+    baselines.pooled_features(np.zeros((2, 3, 1)), np.array([[1, 0, 0], [0, 0, 0]]))
+
+
+def test_standardisation_uses_train_rows_only():
+  """Shifting val/test features by a constant must shift their standardised values,
+
+  which would not happen if the scaler saw val/test (their mean would absorb it).
+  """
+  feats = np.random.default_rng(4).standard_normal((100, 3))
+  split = np.repeat([0, 1, 2], [60, 20, 20])
+  rows = {s: np.flatnonzero(split == i) for i, s in enumerate(baselines.SPLITS)}
+  shifted = feats.copy()
+  shifted[60:] += 50.0
+  a = baselines._standardise(feats, rows)    # pylint: disable=protected-access
+  b = baselines._standardise(shifted, rows)  # pylint: disable=protected-access
+  np.testing.assert_allclose(a["train"], b["train"], rtol=1e-5)
+  assert np.all(b["test"] - a["test"] > 10.0)
+  np.testing.assert_allclose(a["train"].mean(axis=0), 0.0, atol=1e-5)
+
+
+def test_fate_metrics_cm_vs_cf():
+  conf = np.zeros((6, 6), int)
+  cm, cf, prog = CLASSES.index("CM"), CLASSES.index("CF"), CLASSES.index("PROG")
+  conf[cm, cm], conf[cm, cf] = 8, 2         # 10 true CM, 8 right
+  conf[cf, cf], conf[cf, prog] = 3, 7       # 10 true CF, 3 right (PROG counts as wrong)
+  conf[prog, cm] = 5                        # a wrong CM prediction of a PROG: not counted
+  m = baselines.fate_metrics(conf, CLASSES)
+  assert m["cm_cf_acc"] == pytest.approx(11 / 20)
+  assert m["per_class_acc"]["CM"] == pytest.approx(0.8)
+  assert m["per_class_acc"]["PROG"] == 0.0
+  assert m["per_class_acc"]["IPSC"] is None
+  assert baselines.fate_metrics(np.eye(2), ("A", "B"))["cm_cf_acc"] is None
+
+
+def test_cm_cf_accuracy_of_a_fitted_baseline_matches_definition():
+  ds = _order_only(seed=5)
+  ds6 = _dataset(ds.x, np.where(ds.y == 0, 4, 5), 5, class_names=CLASSES)  # CM / CF
+  r = baselines.run_baselines(ds6, names=("logreg_last",))["logreg_last"]
+  assert r["cm_cf_acc"] == pytest.approx(r["test_acc"])
+  assert set(r["per_class_acc"]) == set(CLASSES)
+
+
+def test_best_on_val_skips_majority_and_unknown_names_raise():
+  res = {"majority": {"val_acc": 0.9}, "a": {"val_acc": 0.5}, "b": {"val_acc": 0.7}}
+  assert baselines.best_on_val(res) == "b"
+  with pytest.raises(ValueError, match="unknown baselines"):
+    baselines.run_baselines(_order_only(n=60), names=("ridge",))
