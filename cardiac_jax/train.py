@@ -327,8 +327,6 @@ def data_key(ds: Any) -> str:
   return "sha1:" + h.hexdigest()
 
 
-
-
 def _load_dataset(config: ml_collections.ConfigDict) -> Any:
   from cardiac_jax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
   return dataset_lib.build_dataset(config.data)
