@@ -82,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   model.dropout_max = 0.3                      # last block
   model.attention_dropout = 0.0
   model.norm = "batch"                         # "batch" | "layer"
+  model.pooling = "mean_last"                  # "mean" | "last" | "mean_last"
   model.dtype = "auto"                         # "auto" | "float32" | "bfloat16"
 
   # ---------------------------------------------------------------- train

@@ -18,6 +18,7 @@ import numpy as np
 from cardiac_jax.errors import ConfigError
 
 NORMS = ("batch", "layer")
+POOLINGS = ("mean", "last", "mean_last")
 DTYPES = ("auto", "float32", "bfloat16")
 
 
@@ -129,6 +130,10 @@ class SequenceClassifier(nn.Module):
     attention_dropout: dropout on attention weights.
     norm: "batch" (default; running stats in the "batch_stats" collection) or
       "layer".
+    pooling: how the steps become one vector: "mean" over visible steps, "last"
+      visible step, or "mean_last" (both, concatenated). The label is the
+      population of the path's endpoint, so a plain mean dilutes the most
+      informative step; "mean_last" keeps it and the path's context.
     dtype: compute dtype; parameters stay float32.
   """
   num_classes: int
@@ -140,6 +145,7 @@ class SequenceClassifier(nn.Module):
   dropout_rates: Sequence[float]
   attention_dropout: float = 0.0
   norm: str = "batch"
+  pooling: str = "mean_last"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -149,6 +155,8 @@ class SequenceClassifier(nn.Module):
       raise ConfigError(f"{len(self.dropout_rates)} dropout rates for depth {self.depth}.")
     if self.norm not in NORMS:
       raise ConfigError(f"model.norm={self.norm!r} is unknown; choose one of {NORMS}.")
+    if self.pooling not in POOLINGS:
+      raise ConfigError(f"model.pooling={self.pooling!r} is unknown; choose one of {POOLINGS}.")
     seq_len = x.shape[1]
     visible = mask > 0                                        # (B, L) bool
     token_mask = visible[:, :, None]                          # for BatchNorm stats
@@ -164,13 +172,24 @@ class SequenceClassifier(nn.Module):
                 self.dtype, name=f"block_{i}")(h, attn_mask, token_mask, train=train)
     h = _norm(self.norm, self.dtype, train, "norm_final")(h, token_mask)
 
-    # Masked mean over visible steps; rows with no visible step pool to zero.
-    h = jnp.where(token_mask, h.astype(jnp.float32), 0.0)
-    count = jnp.maximum(jnp.sum(visible, axis=1, keepdims=True), 1).astype(jnp.float32)
-    pooled = jnp.sum(h, axis=1) / count
+    pooled = pool(h.astype(jnp.float32), visible, self.pooling)
     pooled = nn.Dropout(self.dropout_rates[-1], deterministic=not train)(pooled)
     return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
                     name="head")(pooled)
+
+
+def pool(h: jax.Array, visible: jax.Array, pooling: str) -> jax.Array:
+  """(B, L, W) -> (B, W) or (B, 2W) from visible steps only; all-hidden rows give zeros."""
+  parts = []
+  if pooling in ("mean", "mean_last"):
+    count = jnp.maximum(jnp.sum(visible, axis=1, keepdims=True), 1).astype(h.dtype)
+    parts.append(jnp.sum(jnp.where(visible[:, :, None], h, 0.0), axis=1) / count)
+  if pooling in ("last", "mean_last"):
+    length = visible.shape[1]
+    last = length - 1 - jnp.argmax(visible[:, ::-1], axis=1)           # (B,)
+    picked = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+    parts.append(jnp.where(jnp.any(visible, axis=1, keepdims=True), picked, 0.0))
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 
 def model_from_config(config: ml_collections.ConfigDict, num_classes: int,
@@ -187,6 +206,7 @@ def model_from_config(config: ml_collections.ConfigDict, num_classes: int,
       dropout_rates=dropout_rates(m.depth, m.dropout_min, m.dropout_max),
       attention_dropout=m.attention_dropout,
       norm=m.norm,
+      pooling=m.get("pooling", "mean_last"),
       dtype=resolve_dtype(m.dtype),
   )
 

@@ -74,6 +74,9 @@ def _validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"{name}={rate} must be in [0, 1).")
   if m.norm not in models.NORMS:
     raise ConfigError(f"model.norm={m.norm!r} is unknown; choose one of {models.NORMS}.")
+  if m.get("pooling", "mean_last") not in models.POOLINGS:
+    raise ConfigError(f"model.pooling={m.pooling!r} is unknown; choose one of "
+                      f"{models.POOLINGS}.")
   models.resolve_dtype(m.dtype)   # raises ConfigError for unknown names
 
 

@@ -13,11 +13,12 @@ B, L, F, C = 4, 6, 5, 3
 WIDTH, DEPTH, HEADS, RATIO = 8, 2, 2, 2
 
 
-def _model(norm="layer", dtype=jnp.float32, rates=(0.1, 0.3), attention_dropout=0.0):
+def _model(norm="layer", dtype=jnp.float32, rates=(0.1, 0.3), attention_dropout=0.0,
+           pooling="mean_last"):
   return models.SequenceClassifier(
       num_classes=C, length=L, width=WIDTH, depth=DEPTH, num_heads=HEADS,
       mlp_ratio=RATIO, dropout_rates=rates, attention_dropout=attention_dropout,
-      norm=norm, dtype=dtype)
+      norm=norm, pooling=pooling, dtype=dtype)
 
 
 def _batch(seed=0):
@@ -67,7 +68,7 @@ def test_parameter_count_matches_formula(norm):
   block = (norm_params + (w * 3 * w + 3 * w) + (w * w + w)
            + norm_params + (w * hidden + hidden) + (hidden * w + w))
   expected = ((F * w + w) + norm_params + L * w + DEPTH * block + norm_params
-              + (w * C + C))
+              + (2 * w * C + C))                       # mean_last: the head sees 2w
   assert models.count_params(_variables(norm)["params"]) == expected
 
 
@@ -97,6 +98,29 @@ def test_all_hidden_row_pools_to_zero():
   variables = _variables("layer")
   logits = _model("layer").apply(variables, x, mask, train=False)
   np.testing.assert_allclose(logits[2], variables["params"]["head"]["bias"], atol=1e-6)
+
+
+def test_pooling_modes_use_the_last_visible_step():
+  """"last" reads exactly the last visible step; "mean" does not single it out."""
+  h = jnp.asarray(np.random.default_rng(0).normal(size=(B, L, WIDTH)), jnp.float32)
+  _, mask = _batch()
+  visible = jnp.asarray(mask > 0)
+  last = models.pool(h, visible, "last")
+  np.testing.assert_allclose(last[0], h[0, 3])          # mask[0, 4:] hidden
+  np.testing.assert_allclose(last[1], h[1, 0])          # one visible step
+  np.testing.assert_allclose(last[2], 0.0)              # nothing visible
+  np.testing.assert_allclose(last[3], h[3, L - 1])
+  mean = models.pool(h, visible, "mean")
+  np.testing.assert_allclose(mean[0], h[0, :4].mean(0), rtol=1e-6, atol=1e-6)
+  both = models.pool(h, visible, "mean_last")
+  np.testing.assert_allclose(both, jnp.concatenate([mean, last], -1))
+  x, mask = _batch()
+  for pooling in models.POOLINGS:
+    model = _model("layer", pooling=pooling)
+    variables = model.init(jax.random.key(0), x, mask, train=False)
+    assert model.apply(variables, x, mask, train=False).shape == (B, C)
+  with pytest.raises(ConfigError, match="pooling"):
+    _model("layer", pooling="max").init(jax.random.key(0), x, mask, train=False)
 
 
 def test_dropout_rates_progressive():
