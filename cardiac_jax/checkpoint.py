@@ -157,10 +157,15 @@ class Checkpointer:
     """Saves ``state`` as epoch ``epoch`` in latest (and in best when ``best``).
 
     Orbax copies device arrays to host before returning, so the caller may
-    donate ``state``'s buffers to the next jitted step right away.
+    donate ``state``'s buffers to the next jitted step right away. Best is
+    finished before latest starts: a crash in between then leaves a best epoch
+    newer than latest, which ``restore_latest`` sets aside, never a latest
+    whose early-stopping state points at a best epoch that was not written.
     """
-    managers = [self.latest] + ([self.best] if best else [])
+    managers = ([self.best] if best else []) + [self.latest]
     for manager in managers:
+      if manager is self.latest and best:
+        self.best.wait_until_finished()
       args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
                                    META: ocp.args.JsonSave(dict(meta))})
       if not manager.save(int(epoch), args=args):

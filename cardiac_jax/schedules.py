@@ -146,7 +146,8 @@ def warm_restart_cosine(
     i = jnp.where(t < cycle_start(i), i - 1.0, i)
     start = cycle_start(i)
     progress = (t - start) / (cycle_start(i + 1.0) - start)
-    peak = base_lr * decay**i
+    # Never below the floor: with cycle_decay < 1 the cycles would otherwise rise.
+    peak = jnp.maximum(base_lr * decay**i, min_lr)
     cosine = min_lr + 0.5 * (peak - min_lr) * (1.0 + jnp.cos(jnp.pi * progress))
     if warmup_steps == 0:
       return cosine

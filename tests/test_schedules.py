@@ -55,6 +55,16 @@ def test_second_restart_with_cycle_mult_and_decay():
   assert _lr(WARM + T0 + 100, cycle_decay=0.5) == pytest.approx((BASE * 0.5 + MIN) / 2)
 
 
+def test_decayed_peaks_never_fall_below_the_floor():
+  """With a strong cycle_decay every cycle still anneals down to min_lr, never up."""
+  kw = dict(cycle_decay=0.5, cycle_mult=1.0, warmup_steps=0)
+  steps = np.arange(0, 12 * T0)
+  values = np.array([_lr(int(s), **kw) for s in steps[::7]])
+  assert values.min() >= MIN * (1 - 1e-6)
+  late = [_lr(int(s), **kw) for s in range(10 * T0, 11 * T0, 10)]   # peak 1e-3/1024 < MIN
+  assert np.all(np.diff(late) <= 1e-12)
+
+
 def test_restart_steps_reference():
   assert schedules.restart_steps(100, 2.0, 3) == [100, 300, 700]
   assert schedules.restart_steps(13, 1.0, 3) == [13, 26, 39]
