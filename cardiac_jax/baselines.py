@@ -4,7 +4,10 @@ Why: an earlier pipeline's transformer was tied by a ridge regression because
 its sequences carried no temporal structure (see DOMAIN.md). These baselines
 expose that failure mode: a per-cell classifier on the last visible step, and
 order-blind pooled-feature models. If the sequence model does not beat them,
-it has learned nothing a per-cell or bag-of-cells model could not.
+it has learned nothing a per-cell or bag-of-cells model could not. One more,
+``day_only``, is a diagnostic rather than a competitor: it sees only the days of
+the visible steps, and measures how much of the label their pacing gives away
+(at early-fate horizons, a lot: see ``day_features``).
 
 Every baseline is fitted on the train split, picks its one hyperparameter (if
 any) on the validation split, and is scored on train, val and test. Features
@@ -27,9 +30,10 @@ from sklearn import neighbors
 from sklearn import preprocessing
 
 from cardiac_jax import report as report_lib
+from cardiac_jax.data import splits as splits_lib
 
-SPLITS = ("train", "val", "test")
-SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+SPLITS = splits_lib.SPLITS
+SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
 FATE_CLASSES = ("CM", "CF")   # the branch at the end of the lineage
 
 # Hyperparameter grids, chosen on validation accuracy.
@@ -44,13 +48,20 @@ HGB_MAX_TRAIN = 20_000        # row cap for the boosted trees (keeps scale3 at s
 # HistGradientBoosting fit took 6.6 s with 1 thread and 87 s with 2.
 MAX_THREADS = 1
 
-BASELINES = ("majority", "logreg_last", "logreg_mean", "hgb_summary", "knn_mean")
+BASELINES = ("majority", "logreg_last", "logreg_mean", "hgb_summary", "knn_mean", "day_only")
+# Baselines that measure a property of the data rather than compete with the model:
+# never picked as "the best baseline".
+DIAGNOSTICS = ("majority", "day_only")
+# Feature value of a hidden step in the day-only features (days are in [0, 1]).
+HIDDEN_DAY = -1.0
 DESCRIPTIONS = {
     "majority": "most frequent training class",
     "logreg_last": "logistic regression on the last visible step (per-cell classifier)",
     "logreg_mean": "logistic regression on features mean-pooled over visible steps",
     "hgb_summary": "gradient-boosted trees on mean, std, first, last and slope over visible steps",
     "knn_mean": "k-nearest neighbours on mean-pooled features",
+    "day_only": ("logistic regression on the day column of the visible steps only (per-step "
+                 "days and their histogram): what the pacing of the visible days reveals"),
 }
 
 
@@ -95,12 +106,44 @@ def pooled_features(x: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
           "slope": slope.astype(np.float32)}
 
 
-def feature_sets(x: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-  """The input matrix of each feature-based baseline, keyed by feature-set name."""
+def day_features(x: np.ndarray, mask: np.ndarray, day_column: int) -> np.ndarray:
+  """Day-only features of each sequence, (N, L + D) float32: nothing but the days.
+
+  Walk steps are paced over the days up to the anchor's day
+  (``sequences.step_times``), so even the first visible steps' days reveal that
+  day, and with it much of the label, without any expression. Features: the day
+  of each step where visible (``HIDDEN_DAY`` where hidden), then the fraction
+  of visible steps on each of the D distinct day values seen among visible
+  steps (no labels are used to find them).
+  """
+  visible = _visible(mask)
+  day = np.asarray(x, np.float32)[..., day_column]
+  per_step = np.where(visible, day, np.float32(HIDDEN_DAY))
+  values = np.unique(day[visible])
+  hist = ((day[..., None] == values) & visible[..., None]).sum(axis=1)
+  hist = hist / visible.sum(axis=1, keepdims=True)
+  return np.concatenate([per_step, hist], axis=1).astype(np.float32)
+
+
+def day_column(dataset: Any) -> int:
+  """Index of the day feature: ``meta["n_pcs"]``, else F - 2 (PCs, day, modality)."""
+  meta = getattr(dataset, "meta", None) or {}
+  return int(meta.get("n_pcs", np.shape(dataset.x)[-1] - 2))
+
+
+def feature_sets(x: np.ndarray, mask: np.ndarray,
+                 day_col: int | None = None) -> dict[str, np.ndarray]:
+  """The input matrix of each feature-based baseline, keyed by feature-set name.
+
+  ``day`` (the day-only features) is included when ``day_col`` is given.
+  """
   p = pooled_features(x, mask)
-  return {"last": p["last"], "mean": p["mean"],
-          "summary": np.concatenate([p["mean"], p["std"], p["first"], p["last"],
-                                     p["slope"]], axis=1)}
+  out = {"last": p["last"], "mean": p["mean"],
+         "summary": np.concatenate([p["mean"], p["std"], p["first"], p["last"],
+                                    p["slope"]], axis=1)}
+  if day_col is not None:
+    out["day"] = day_features(x, mask, day_col)
+  return out
 
 
 # ---------------------------------------------------------------- metrics
@@ -211,7 +254,8 @@ def _hgb(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray],
 
 
 _FITTERS = {"logreg_last": ("last", _logreg), "logreg_mean": ("mean", _logreg),
-            "hgb_summary": ("summary", _hgb), "knn_mean": ("mean", _knn)}
+            "hgb_summary": ("summary", _hgb), "knn_mean": ("mean", _knn),
+            "day_only": ("day", _logreg)}
 
 
 def run_baselines(dataset: Any, names: Sequence[str] = BASELINES, seed: int = 0,
@@ -220,7 +264,8 @@ def run_baselines(dataset: Any, names: Sequence[str] = BASELINES, seed: int = 0,
 
   Args:
     dataset: anything with ``x`` (N, L, F), ``mask`` (N, L), ``y`` (N,),
-      ``split`` (N,) in {0, 1, 2} and ``class_names``.
+      ``split`` (N,) in {0, 1, 2} and ``class_names``; ``meta["n_pcs"]`` locates
+      the day column for ``day_only`` (default F - 2).
     names: a subset of ``BASELINES``.
     seed: random state of the fitted models.
     max_threads: BLAS / OpenMP thread cap while fitting (None = no cap).
@@ -243,7 +288,8 @@ def _run_baselines(dataset: Any, names: Sequence[str], seed: int) -> dict[str, d
   y = np.asarray(dataset.y)
   rows = _split_rows(dataset.split)
   ys = {s: y[r] for s, r in rows.items()}
-  feats = feature_sets(dataset.x, dataset.mask) if set(names) - {"majority"} else {}
+  day_col = day_column(dataset) if "day_only" in names else None
+  feats = feature_sets(dataset.x, dataset.mask, day_col) if set(names) - {"majority"} else {}
   scaled = {}
   results = {}
   for name in names:
@@ -276,8 +322,8 @@ def _run_baselines(dataset: Any, names: Sequence[str], seed: int) -> dict[str, d
   return results
 
 
-def best_on_val(results: dict[str, dict[str, Any]], exclude: Sequence[str] = ("majority",)) -> str:
-  """Name of the baseline with the highest validation accuracy.
+def best_on_val(results: dict[str, dict[str, Any]], exclude: Sequence[str] = DIAGNOSTICS) -> str:
+  """Name of the competing baseline with the highest validation accuracy (no diagnostics).
 
   Ties go to the earlier name in ``BASELINES`` (simpler models first), whatever
   the order of ``results`` (a dict read back from sorted JSON has another).

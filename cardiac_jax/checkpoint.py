@@ -26,6 +26,7 @@ from absl import logging
 import ml_collections
 import orbax.checkpoint as ocp
 
+from cardiac_jax import fileio
 from cardiac_jax.errors import ConfigError
 
 STATE, META = "state", "meta"
@@ -103,12 +104,8 @@ def check_compatible(stored: dict[str, Any], current: dict[str, Any], workdir: s
         f"{', '.join(f[:-1] + '.*' if f.endswith('.') else f for f in RESUMABLE_FIELDS)}.")
 
 
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes ``text`` to ``path`` via a temp file and ``os.replace`` (never half-written)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+# Kept as a name here for callers that still use ``checkpoint.atomic_write_text``.
+atomic_write_text = fileio.atomic_write_text
 
 
 def read_config_file(workdir: str) -> dict[str, Any] | None:
@@ -126,7 +123,7 @@ def write_config_file(workdir: str, config: ml_collections.ConfigDict,
   if os.path.exists(path):
     return False
   payload = {"config": json.loads(config.to_json_best_effort()), "fingerprint": fp}
-  atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True))
+  fileio.atomic_write_json(path, payload)
   return True
 
 

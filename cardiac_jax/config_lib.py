@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   data.spatial.n_spots = 6_000         # simulator only (approximate: hex grid)
   data.spatial.cells_per_spot = 8      # simulator only
   data.spatial.tile_size = 8           # spots per tile side; tiles are the unit of splitting
+  data.spatial.buffer_spacings = 2.0   # val/test spots this close to another split: unused
   data.spatial.min_shared_genes = 200
   data.spatial.counts_layer = config_dict.placeholder(str)  # None = as data.counts_layer; "" = X
   data.spatial.seed = 0

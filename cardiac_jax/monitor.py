@@ -34,6 +34,17 @@ def overfitting_level(acc_gap: float, moderate: float, significant: float) -> st
   return OK
 
 
+def gaps(train_acc: float, val_acc: float, train_loss: float,
+         val_loss: float) -> dict[str, float]:
+  """The overfitting gaps, signed so that positive means "train looks better".
+
+  Returns:
+    {"acc_gap": train_acc - val_acc, "loss_gap": val_loss - train_loss}.
+  """
+  return {"acc_gap": float(train_acc) - float(val_acc),
+          "loss_gap": float(val_loss) - float(train_loss)}
+
+
 @dataclasses.dataclass(frozen=True)
 class EarlyStopping:
   """Patience-based early stopping on one validation metric.

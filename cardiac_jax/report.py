@@ -2,12 +2,11 @@
 
 Plots are drawn from the ``metrics.jsonl`` records (a path or the parsed
 list), so a notebook can redraw them from any finished or running workdir.
-Every file is written to a temporary name and moved into place with
-``os.replace``, so a reader never sees half a report.
+Every file is written atomically (``fileio``), so a reader never sees half a
+report.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from typing import Any, Sequence
@@ -20,16 +19,12 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
+from cardiac_jax import fileio  # noqa: E402
+from cardiac_jax import monitor  # noqa: E402
+
 PLOTS = {"curves": "learning_curves.png", "gap": "accuracy_gap.png",
          "confusion": "confusion_matrix.png"}
 Records = Sequence[dict[str, Any]]
-
-
-def _atomic_bytes(path: str, data: bytes) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
 
 
 def load_records(metrics: str | os.PathLike | Records) -> list[dict[str, Any]]:
@@ -107,7 +102,8 @@ def summarise(*, config: ml_collections.ConfigDict, evals: dict[str, dict[str, A
       "val_loss": evals["val"]["loss"],
       "train_acc": evals["train"]["acc"],
       "train_loss": evals["train"]["loss"],
-      "acc_gap": evals["train"]["acc"] - evals["val"]["acc"],
+      **monitor.gaps(evals["train"]["acc"], evals["val"]["acc"], evals["train"]["loss"],
+                     evals["val"]["loss"]),
       "val_test_diff": abs(evals["val"]["acc"] - evals["test"]["acc"]),
       "best_epoch": int(best_epoch),
       "epochs_run": max((r["epoch"] for r in records), default=0),
@@ -140,6 +136,7 @@ def _markdown(results: dict[str, Any]) -> str:
       f"| validation accuracy (best epoch) | {results['val_acc']:.4f} |",
       f"| training accuracy (best epoch, eval mode) | {results['train_acc']:.4f} |",
       f"| accuracy gap (train - val) | {results['acc_gap']:+.4f} |",
+      f"| loss gap (val - train) | {results['loss_gap']:+.4f} |",
       f"| \\|val - test\\| | {results['val_test_diff']:.4f} |",
       f"| best epoch | {results['best_epoch']} |",
       f"| epochs run | {results['epochs_run']} |",
@@ -165,14 +162,6 @@ def _markdown(results: dict[str, Any]) -> str:
   lines += ["", "## Plots", ""]
   lines += [f"![{key}](plots/{fname})" for key, fname in PLOTS.items()]
   return "\n".join(lines) + "\n"
-
-
-def _save_fig(fig: Any, path: str) -> str:
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-  plt.close(fig)
-  _atomic_bytes(path, buf.getvalue())
-  return path
 
 
 def plot_learning_curves(metrics: str | os.PathLike | Records, path: str) -> str:
@@ -204,7 +193,7 @@ def plot_learning_curves(metrics: str | os.PathLike | Records, path: str) -> str
   ax.legend(handles, [h.get_label() for h in handles])
   for a in axes:
     a.grid(alpha=0.3)
-  return _save_fig(fig, path)
+  return str(fileio.save_figure(fig, path))
 
 
 def plot_accuracy_gap(metrics: str | os.PathLike | Records, path: str,
@@ -220,7 +209,7 @@ def plot_accuracy_gap(metrics: str | os.PathLike | Records, path: str,
   ax.set(xlabel="epoch", ylabel="accuracy gap", title="Overfitting monitor")
   ax.legend()
   ax.grid(alpha=0.3)
-  return _save_fig(fig, path)
+  return str(fileio.save_figure(fig, path))
 
 
 def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str],
@@ -238,7 +227,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], class_names: Sequence[str
     for j in range(cm.shape[1]):
       ax.text(j, i, f"{norm[i, j]:.2f}\n({int(cm[i, j])})", ha="center", va="center",
               fontsize=8, color="white" if norm[i, j] > 0.5 else "black")
-  return _save_fig(fig, path)
+  return str(fileio.save_figure(fig, path))
 
 
 def write_report(workdir: str, results: dict[str, Any], records: Records) -> dict[str, str]:
@@ -253,6 +242,6 @@ def write_report(workdir: str, results: dict[str, Any], records: Records) -> dic
   plot_confusion(results["confusion"], results["class_names"], paths["confusion"])
   paths["json"] = os.path.join(workdir, "report.json")
   paths["md"] = os.path.join(workdir, "report.md")
-  _atomic_bytes(paths["json"], json.dumps(results, indent=2, sort_keys=True).encode())
-  _atomic_bytes(paths["md"], _markdown(results).encode())
+  fileio.atomic_write_json(paths["json"], results)
+  fileio.atomic_write_text(paths["md"], _markdown(results))
   return paths

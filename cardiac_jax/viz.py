@@ -1,7 +1,7 @@
 """Exploration plots of the cells, walks and spatial spots behind a dataset.
 
 Every plot function takes plain arrays, returns a ``matplotlib.figure.Figure``
-and, given ``path``, also writes a PNG atomically (temp file + ``os.replace``).
+and, given ``path``, also writes a PNG atomically (``fileio.save_figure``).
 Figures are built with ``Figure`` + the Agg canvas, never through ``pyplot``:
 nothing here changes the global backend or keeps figures alive in pyplot's
 registry, so the module is safe in scripts, tests and notebooks alike (a
@@ -14,9 +14,7 @@ preprocessor.
 """
 from __future__ import annotations
 
-import io
 import os
-import pathlib
 from typing import Any, NamedTuple, Sequence
 
 from matplotlib import colormaps
@@ -24,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 
+from cardiac_jax import fileio
 from cardiac_jax.data import dataset as dataset_lib
 from cardiac_jax.data import ingest
 from cardiac_jax.data import preprocess
@@ -152,22 +151,6 @@ def most_confused(confusion: Sequence[Sequence[int]], class_names: Sequence[str]
   return pairs
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> pathlib.Path:
-  """Writes ``fig`` as PNG via a temp file and ``os.replace`` (never half-written)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  buf = io.BytesIO()
-  FigureCanvasAgg(fig)    # idempotent; makes savefig work on a bare Figure
-  fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
-  return path
-
-
 def _new_figure(figsize: tuple[float, float]) -> tuple[Figure, Any]:
   fig = Figure(figsize=figsize)
   FigureCanvasAgg(fig)
@@ -176,7 +159,7 @@ def _new_figure(figsize: tuple[float, float]) -> tuple[Figure, Any]:
 
 def _finish(fig: Figure, path: str | os.PathLike | None) -> Figure:
   if path is not None:
-    save_figure(fig, path)
+    fileio.save_figure(fig, path)
   return fig
 
 

@@ -27,13 +27,14 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
 from absl import app
 from absl import flags
 from absl import logging
+
+from cardiac_jax import fileio
 
 STAGES = ("simulate", "write_geo", "convert", "build")
 _TARGET_SECONDS = 300.0
@@ -62,14 +63,8 @@ def _require(path: pathlib.Path, stage: str) -> None:
 
 def _write_h5ad_atomic(adata: Any, path: pathlib.Path) -> None:
   """Writes to a temp file in the same folder, then renames, so no half-written h5ad."""
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  os.close(fd)
-  try:
+  with fileio.atomic_path(path) as tmp:
     adata.write_h5ad(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
 
 
 class _Clock:

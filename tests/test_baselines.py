@@ -1,8 +1,11 @@
 """Baselines on synthetic sequence datasets whose answer is known by construction."""
+import dataclasses
+
 import numpy as np
 import pytest
 
 from cardiac_jax import baselines
+from cardiac_jax.data import sequences
 from cardiac_jax.data.dataset import SequenceDataset
 
 CLASSES = ("IPSC", "MES", "CMES", "PROG", "CM", "CF")
@@ -54,6 +57,43 @@ def test_label_in_mean_only_pooled_beats_last_step():
   assert r["logreg_mean"]["test_acc"] > 0.9
   assert r["logreg_last"]["test_acc"] < 0.75
   assert r["logreg_mean"]["selected"]["C"] in baselines.LOGREG_C
+
+
+def _paced(y_sets_day: bool, n=600, length=12, f=0.25, seed=6):
+  """Walk-like sequences (2 PCs, day, modality) with only the first ceil(f * L) steps visible.
+
+  The anchor day T sets the pacing of the steps' days (``step_times``). With
+  ``y_sets_day`` the label decides T (2 or 6) and the PCs are noise; otherwise T
+  is random and the label is in the PCs only.
+  """
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 2, n)
+  t = np.where(y == 1, 6, 2) if y_sets_day else rng.choice([2, 6], n)
+  x = np.zeros((n, length, 4), np.float32)
+  x[..., :2] = rng.standard_normal((n, length, 2))
+  if not y_sets_day:
+    x[..., :2] += 3.0 * y[:, None, None]
+  x[..., 2] = sequences.step_times(t, length) / 6.0
+  x, mask = sequences.apply_horizon(x, np.ones((n, length), np.float32), f)
+  ds = _dataset(x, y, seed, mask=mask)
+  return dataclasses.replace(ds, meta={"n_pcs": 2})
+
+
+def test_day_only_is_at_chance_without_day_information_and_not_with_it():
+  blind = baselines.run_baselines(_paced(False), names=("day_only", "logreg_mean"))
+  assert blind["logreg_mean"]["test_acc"] > 0.9          # the label is in the PCs ...
+  assert abs(blind["day_only"]["test_acc"] - 0.5) < 0.12   # ... which day_only never sees
+  paced = baselines.run_baselines(_paced(True), names=("day_only",))["day_only"]
+  assert paced["test_acc"] > 0.9                        # 3 of 12 steps: pacing gives T away
+
+
+def test_day_features_ignore_hidden_steps():
+  x = np.zeros((2, 4, 3), np.float32)
+  x[..., 1] = [[0.0, 0.5, 0.5, 1.0], [0.5, 0.5, 9.0, 9.0]]
+  mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0]], np.float32)
+  feats = baselines.day_features(x, mask, 1)
+  np.testing.assert_allclose(feats[:, :4], [[0, 0.5, 0.5, 1], [0.5, 0.5, -1, -1]])
+  np.testing.assert_allclose(feats[:, 4:], [[0.25, 0.5, 0.25], [0, 1, 0]])   # days 0, 0.5, 1
 
 
 def test_majority_is_the_majority_fraction():

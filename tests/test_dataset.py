@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 import pytest
+from scipy import spatial
 
 from cardiac_jax import config_lib
 from cardiac_jax.data import dataset as dataset_lib
@@ -136,6 +137,45 @@ def test_spatial_walks_end_at_a_spot_of_the_label(built):
   assert (hop <= 1.5 * splits.spot_spacing(spots.coords) + 1e-3).all()
 
 
+def test_held_out_spots_keep_a_buffer_from_other_splits(built):
+  """No used val/test spot lies within the buffer of a used spot of another split.
+
+  Measured at 1.0 spacing for val without the buffer on this preset.
+  """
+  cfg, ds, _, _, _ = built
+  sp_cfg = cfg.spatial
+  spots = ingest.prepare_spots(
+      simulator.simulate_spatial(sp_cfg.n_spots, cfg.simulator.n_genes, sp_cfg.cells_per_spot,
+                                 sp_cfg.seed), cfg, ds.class_names)
+  reach = sp_cfg.buffer_spacings * splits.spot_spacing(spots.coords)
+  sp = ds.modality == 1
+  used = {s: np.unique(ds.source_index[sp & (ds.split == s)]) for s in range(3)}
+  for s in (1, 2):
+    assert used[s].size > 0
+    others = np.concatenate([used[o] for o in range(3) if o != s])
+    dist, _ = spatial.cKDTree(spots.coords[others]).query(spots.coords[used[s]])
+    assert dist.min() > reach, (splits.SPLITS[s], dist.min(), reach)
+  buffered = ds.meta["spots_buffered"]
+  assert buffered["train"] == 0 and buffered["val"] + buffered["test"] > 0
+  assert sum(ds.meta["spots_per_split"].values()) + sum(buffered.values()) == spots.n_spots
+
+
+def test_spatial_classes_are_chosen_from_training_spots_only():
+  # 100 train, 40 val, 20 test spots; class 2 is rare in train, common in val/test.
+  split = np.repeat([0, 1, 2, splits.UNUSED], [100, 40, 20, 30]).astype(np.int8)
+  labels = np.concatenate([np.repeat([0, 1, 2], [60, 38, 2]), np.repeat([0, 1, 2], [10, 10, 20]),
+                           np.repeat([0, 1, 2], [5, 5, 10]), np.full(30, 2)])
+  names = ("a", "b", "c")
+  plan_fn = dataset_lib._spatial_plan   # pylint: disable=protected-access
+  plan, chosen = plan_fn(labels, split, names, 30, (0.6, 0.3, 0.1))
+  assert chosen == [0, 1]                    # c: 2 train spots promise < 3 in test
+  assert plan[:, 2].sum() == 0 and plan.sum() == 30
+  # Held-out labels do not change the choice: relabel every val/test spot as c.
+  relabelled = np.where((split == 1) | (split == 2), 2, labels)
+  with pytest.raises(errors.DataError, match="'a' was chosen from the training spots"):
+    plan_fn(relabelled, split, names, 30, (0.6, 0.3, 0.1))
+
+
 def test_preprocessing_fitted_on_train_cells_only(built):
   cfg, ds, cells, _, _ = built
   n_pcs = cfg.preprocess.n_pcs
@@ -207,8 +247,13 @@ def test_observed_fraction_and_time_shuffle_reuse_the_cache(built):
   np.testing.assert_array_equal(np.sort(sh.x[..., n_pcs], axis=1), np.sort(tcol, axis=1))
   t = ds.modality == 0
   assert (np.diff(sh.x[t, :, n_pcs], axis=1) < 0).any(axis=1).mean() > 0.5
-  # Features still match their (shuffled) source rows.
-  np.testing.assert_array_equal(np.sort(sh.source_index, 1), np.sort(ds.source_index, 1))
+  # Each step's features moved with its source row: at every step, the features are
+  # those the unshuffled sequence had at a step with the same source row.
+  same = ds.source_index[:, None, :] == sh.source_index[:, :, None]   # (N, L_new, L_old)
+  assert same.any(axis=2).all()
+  old_step = np.argmax(same, axis=2)
+  np.testing.assert_array_equal(sh.x, np.take_along_axis(ds.x, old_step[..., None], axis=1))
+  assert (sh.source_index != ds.source_index).any(axis=1).mean() > 0.5
   again = dataset_lib.build_dataset(shuffled)
   np.testing.assert_array_equal(again.x, sh.x)
 

@@ -57,6 +57,9 @@ def test_multiscale_files_and_best_scale_on_val(studies):
   for r in runs:
     assert _in_unit(r["train_acc"], r["val_acc"], r["test_acc"], r["macro_f1"])
     assert r["acc_gap"] == pytest.approx(r["train_acc"] - r["val_acc"])
+    report = json.loads(open(os.path.join(r["workdir"], "report.json")).read())
+    assert r["loss_gap"] == report["loss_gap"] == pytest.approx(
+        report["val_loss"] - report["train_loss"])
     assert r["epochs_run"] == 1 and r["best_epoch"] == 1 and r["num_params"] > 0
     assert r["wall_seconds"] > 0 and os.path.exists(os.path.join(r["workdir"], "report.json"))
   # scale2 has 1.5x the sequences of scale1 in quick mode too.
@@ -84,6 +87,14 @@ def test_multiscale_rerun_reuses_finished_runs(studies):
                              overrides=ONE_EPOCH, quick=True)
 
 
+def test_best_scale_ties_go_to_the_smaller_scale_whatever_the_order():
+  tied = {"scale3": {"val_acc": 0.8}, "scale1": {"val_acc": 0.8}, "scale2": {"val_acc": 0.7}}
+  assert experiments.best_scale(tied) == "scale1"
+  assert experiments.best_scale(dict(reversed(list(tied.items())))) == "scale1"
+  assert experiments.best_scale({"scale2": {"val_acc": 0.6},
+                                 "scale1": {"val_acc": 0.5}}) == "scale2"
+
+
 # ---------------------------------------------------------------- ablations
 
 
@@ -92,7 +103,9 @@ def test_ablations_table_and_verdict_follow_the_numbers(studies):
   on_disk = json.loads((root / "abl" / "ablations.json").read_text())
   keys = [r["key"] for r in on_disk["rows"]]
   assert keys[:2] == ["model", "model_time_shuffled"]
-  assert set(keys[2:]) == {"majority", "logreg_last", "logreg_mean", "hgb_summary", "knn_mean"}
+  assert set(keys[2:]) == {"majority", "logreg_last", "logreg_mean", "hgb_summary", "knn_mean",
+                           "day_only"}
+  assert "`day_only` is a diagnostic" in (root / "abl" / "ablations.md").read_text()
   for r in on_disk["rows"]:
     assert _in_unit(r["train_acc"], r["val_acc"], r["test_acc"], r["macro_f1"])
   # The normal model is the reused multiscale scale1 run, not a retrained one.
@@ -197,9 +210,13 @@ def test_early_fate_curve(studies):
     for k in ("model_cm_cf_acc", "baseline_cm_cf_acc"):
       assert r[k] is None or _in_unit(r[k])
   full = on_disk["baselines"]["1.00"]
-  order = [k for k in baselines.BASELINES if k != "majority"]   # ties: simpler first
+  order = [k for k in baselines.BASELINES if k not in baselines.DIAGNOSTICS]  # ties: simpler first
   assert on_disk["best_baseline"] == max(order, key=lambda k: full[k]["val_acc"])
   assert rows[1]["baseline_test_acc"] == full[on_disk["best_baseline"]]["test_acc"]
+  for r, f in zip(rows, ("0.50", "1.00")):
+    assert r["day_only_test_acc"] == on_disk["baselines"][f]["day_only"]["test_acc"]
+  md = (root / "ef" / "early_fate.md").read_text()
+  assert "day-only test acc" in md and "CM-vs-CF accuracy is the honest" in md
   # f=1.0 reuses the reference run; f=0.5 is a run trained on truncated sequences.
   assert rows[1]["model_test_acc"] == ms["runs"][0]["test_acc"]
   cfg = json.loads((root / "ef" / "model_f0.50" / "config.json").read_text())

@@ -52,3 +52,9 @@ def test_early_stopping_rejects_bad_settings():
     monitor.EarlyStopping.for_metric("val_f1", patience=3)
   with pytest.raises(ValueError, match="patience"):
     monitor.EarlyStopping(patience=0)
+
+
+def test_gaps_signs_train_better_as_positive():
+  g = monitor.gaps(train_acc=0.9, val_acc=0.7, train_loss=0.3, val_loss=0.8)
+  assert g == pytest.approx({"acc_gap": 0.2, "loss_gap": 0.5})
+  assert monitor.gaps(0.5, 0.6, 1.0, 0.9) == pytest.approx({"acc_gap": -0.1, "loss_gap": -0.1})

@@ -155,16 +155,21 @@ def test_apply_horizon_rejects_bad_fractions(f):
     sequences.apply_horizon(np.zeros((1, 4, 2), np.float32), np.ones((1, 4), np.float32), f)
 
 
-def test_shuffle_time_permutes_visible_steps_only():
+def test_time_permutation_shuffles_visible_steps_only_and_moves_arrays_together():
   rng = np.random.default_rng(0)
   x = np.broadcast_to(np.arange(10, dtype=np.float32)[None, :, None], (50, 10, 2)).copy()
+  src = np.broadcast_to(np.arange(100, 110)[None, :], (50, 10)).copy()
   mask = np.ones((50, 10), np.float32)
   mask[:, 6:] = 0
   mask[0, 2] = 0                                   # a hole: not a prefix
-  out = sequences.shuffle_time(x, mask, rng)
+  perm = sequences.time_permutation(mask, rng)
+  out, out_src = sequences.permute_steps(perm, x, src)
   for r in range(50):
     vis = mask[r] > 0
     np.testing.assert_array_equal(np.sort(out[r, vis, 0]), x[r, vis, 0])
     np.testing.assert_array_equal(out[r, ~vis], x[r, ~vis])
   assert np.mean(out[:, :6, 0] != x[:, :6, 0]) > 0.5
-  np.testing.assert_array_equal(out, sequences.shuffle_time(x, mask, np.random.default_rng(0)))
+  np.testing.assert_array_equal(out_src - 100, out[..., 0])   # features moved with their rows
+  np.testing.assert_array_equal(perm, sequences.time_permutation(mask, np.random.default_rng(0)))
+  with pytest.raises(ValueError, match="permutation"):
+    sequences.permute_steps(perm, x[:, :5])

@@ -105,3 +105,21 @@ def test_split_spots_keeps_tiles_whole_and_stratifies():
     got = np.bincount(split[labels == c], minlength=3) / np.sum(labels == c)
     np.testing.assert_allclose(got, FRACTIONS, atol=0.07)
   np.testing.assert_array_equal(split, splits.split_spots(labels, tiles, FRACTIONS, seed=0))
+
+
+def test_buffer_spots_drops_held_out_spots_next_to_other_splits():
+  # A row of spots one spacing apart: 4 train, 4 val, 4 test.
+  coords = np.stack([np.arange(12.0), np.zeros(12)], axis=1)
+  split = np.repeat([0, 1, 2], 4).astype(np.int8)
+  u = splits.UNUSED
+  np.testing.assert_array_equal(splits.buffer_spots(coords, split, 1.0),
+                                [0, 0, 0, 0, u, 1, 1, 1, u, 2, 2, 2])
+  np.testing.assert_array_equal(splits.buffer_spots(coords, split, 2.0),
+                                [0, 0, 0, 0, u, u, 1, 1, u, u, 2, 2])
+  np.testing.assert_array_equal(splits.buffer_spots(coords, split, 0.0), split)
+  # Test spots are kept clear of the val spots that remain, not of dropped ones.
+  split2 = np.array([0, 0, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2], np.int8)
+  np.testing.assert_array_equal(splits.buffer_spots(coords, split2, 1.0),
+                                [0, 0, u, 2, 2, 2, 2, 2, 2, 2, 2, 2])
+  with pytest.raises(errors.DataError, match="buffer_spacings"):
+    splits.buffer_spots(coords, split, -1.0)

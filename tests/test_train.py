@@ -143,6 +143,8 @@ def plateau_run(tmp_path_factory, dataset):
   # Zero learning rate: the weights never change, so val_acc never improves after epoch 1.
   config = tiny_config(num_epochs=20, learning_rate=0.0, min_learning_rate=0.0,
                        early_stopping_patience=2)
+  # BatchNorm running statistics change even at lr 0; layer norm keeps the model fixed.
+  config.model.norm = "layer"
   workdir = str(tmp_path_factory.mktemp("plateau"))
   return workdir, train.train_and_evaluate(config, workdir, dataset=dataset), config
 

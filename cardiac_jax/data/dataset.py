@@ -3,7 +3,8 @@
 Pipeline (``build_dataset``): load cells -> prepare -> split cells (before any
 sequence exists) -> fit the preprocessor on TRAIN cells only -> transform all
 cells -> per split, lineage-consistent walks among that split's cells -> spatial
-spots the same way (tiles as the unit of splitting, the same preprocessor) ->
+spots the same way (tiles as the unit of splitting, held-out spots next to
+another split left out as a buffer, the same preprocessor) ->
 features. The arrays are cached under a hash of every config.data field that
 changes them; ``observed_fraction`` and ``time_shuffle`` are applied after the
 cache, so every horizon and ablation shares one set of splits and walks.
@@ -19,22 +20,23 @@ import pathlib
 import resource
 import sys
 import time
-import uuid
 import zipfile
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from absl import logging
 import numpy as np
 
+from cardiac_jax import fileio
 from cardiac_jax.data import sequences
 from cardiac_jax.data import splits
 from cardiac_jax.data.errors import DataError
 
 # Bump when the code changes what a given config produces; invalidates old caches.
-CODE_VERSION = "sequences-v1"
+CODE_VERSION = "sequences-v2"   # v2: spatial buffer, train-chosen classes
 # config.data fields that do not change the cached arrays (applied after the cache).
 _NOT_IN_KEY = ("cache_dir", "sequences.observed_fraction", "sequences.time_shuffle")
-# A class is a spatial label only with at least this many anchor spots in every split.
+# A class is a spatial label only when training promises this many anchor spots
+# in every held-out split (see _spatial_plan).
 MIN_SPATIAL_ANCHORS = 3
 _ARRAYS = ("x", "y", "mask", "split", "modality", "source_index")
 
@@ -99,13 +101,12 @@ class SequenceDataset:
     return dataclasses.replace(self, **{k: getattr(self, k)[keep] for k in _ARRAYS})
 
   def save(self, path: str | os.PathLike) -> pathlib.Path:
-    """Writes an npz (no pickle) atomically: a temp file, then os.replace."""
+    """Writes an npz (no pickle) atomically (``fileio.atomic_path``)."""
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: getattr(self, k) for k in _ARRAYS}
     arrays["class_names"] = np.asarray(self.class_names, dtype=np.str_)
     arrays["meta"] = np.asarray(json.dumps(self.meta, sort_keys=True))
-    with _atomic(path) as tmp:
+    with fileio.atomic_path(path) as tmp:
       with open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
     return path
@@ -122,18 +123,6 @@ class SequenceDataset:
       class_names = tuple(str(c) for c in z["class_names"])
       meta = json.loads(str(z["meta"]))
     return cls(class_names=class_names, meta=meta, **arrays)
-
-
-@contextlib.contextmanager
-def _atomic(path: pathlib.Path) -> Iterator[pathlib.Path]:
-  """Yields a temp path next to ``path``; renames it over ``path`` on success."""
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz")
-  try:
-    yield tmp
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
 
 
 # ---------------------------------------------------------------- cache
@@ -244,28 +233,61 @@ def load_spots(data_cfg: Any) -> "anndata.AnnData":
                   f"{sp_cfg.source!r}")
 
 
-def _spatial_plan(labels: np.ndarray, spot_split: np.ndarray, n_classes: int,
+def _spatial_plan(labels: np.ndarray, spot_split: np.ndarray, class_names: Sequence[str],
                   total: int, fractions) -> tuple[np.ndarray, list[int]]:
-  """Spatial sequences per (split, class): the split's share, equal over eligible classes.
+  """Spatial sequences per (split, class): the split's share, equal over the chosen classes.
 
-  A class is eligible when every split has >= MIN_SPATIAL_ANCHORS spots of it as
-  dominant population; the same classes are used in every split so that the
-  class mix of spatial sequences does not differ between train and test.
+  The classes are chosen from TRAINING labels and the split sizes only, never
+  from validation / test labels (that would let held-out data shape the task):
+  a class is a spatial label when its training spots, scaled by the size of the
+  smallest held-out split relative to training, promise >= MIN_SPATIAL_ANCHORS
+  anchors there. The same classes are used in every split so that the class mix
+  of spatial sequences does not differ between train and test. A chosen class
+  with few anchors in a held-out split reuses them (``sequences.choose_anchors``,
+  at most ``MAX_ANCHOR_REUSE`` times each); with none, or too few even for that,
+  this raises a DataError that says how to fix the spatial split.
+
+  Args:
+    labels: (n_spots,) class per spot.
+    spot_split: (n_spots,) split id per spot; ``splits.UNUSED`` spots are ignored.
+    class_names: the class names, in label order.
+    total: spatial sequences over all splits.
+    fractions: split fractions.
+
+  Returns:
+    (plan (S, C) int64 sequences per split and class, chosen class ids).
   """
-  per = np.zeros((len(splits.SPLITS), n_classes), dtype=np.int64)
-  np.add.at(per, (spot_split.astype(np.int64), labels.astype(np.int64)), 1)
-  eligible = np.flatnonzero((per >= MIN_SPATIAL_ANCHORS).all(axis=0))
+  used = spot_split >= 0
+  per = np.zeros((len(splits.SPLITS), len(class_names)), dtype=np.int64)
+  np.add.at(per, (spot_split[used].astype(np.int64), labels[used].astype(np.int64)), 1)
+  sizes = per.sum(axis=1)
   plan = np.zeros_like(per)
+  if sizes[0] == 0:
+    raise DataError("the spatial training split has no spots; use more spots or a smaller "
+                    "config.data.spatial.tile_size.")
+  expected = per[0] * (sizes[1:].min() / sizes[0])      # anchors promised in the smallest
+  eligible = np.flatnonzero(expected >= MIN_SPATIAL_ANCHORS)
   if total == 0:
     return plan, eligible.tolist()
   if eligible.size == 0:
     raise DataError(
-        f"no population has >= {MIN_SPATIAL_ANCHORS} dominant spots in every split "
-        f"(spots per split x class: {per.tolist()}); use more spots, a smaller "
-        "config.data.spatial.tile_size, or set config.data.spatial.enabled = False.")
+        f"no population has enough training spots to expect >= {MIN_SPATIAL_ANCHORS} dominant "
+        f"spots in every held-out split (training spots per class: {per[0].tolist()}, spots "
+        f"per split: {sizes.tolist()}); use more spots, a smaller "
+        "config.data.spatial.tile_size or buffer_spacings, or set "
+        "config.data.spatial.enabled = False.")
   split_totals = splits.allocate(total, fractions)
   for s, n in enumerate(split_totals):   # three splits
     plan[s, eligible] = splits.allocate(n, np.full(eligible.size, 1.0 / eligible.size))
+  short = (plan > 0) & (plan > sequences.MAX_ANCHOR_REUSE * per)
+  if short.any():
+    s, c = (int(v[0]) for v in np.nonzero(short))
+    raise DataError(
+        f"spatial population {class_names[c]!r} was chosen from the training spots but the "
+        f"{splits.SPLITS[s]} split has only {per[s, c]} spot(s) of it for {plan[s, c]} "
+        f"sequences (spots per split x class: {per.tolist()}); use more spots, a smaller "
+        "config.data.spatial.tile_size or buffer_spacings, another "
+        "config.data.split.seed, or a smaller config.data.sequences.spatial_total.")
   return plan, eligible.tolist()
 
 
@@ -323,7 +345,7 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
                    graphs[s].size)
   del graphs
 
-  spatial, spots, spatial_classes = [], None, []
+  spatial, spots, spatial_classes, spot_split, buffered = [], None, [], None, {}
   if data_cfg.spatial.enabled and int(seq_cfg.spatial_total) > 0:
     with stage("spatial"):
       spots = ingest.prepare_spots(load_spots(data_cfg), data_cfg, class_names)
@@ -334,11 +356,16 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
             f"config.data.spatial.min_shared_genes = {data_cfg.spatial.min_shared_genes}; "
             "check that both data sets use the same gene symbols, or lower that threshold.")
       tiles = splits.spatial_tiles(spots.coords, data_cfg.spatial.tile_size)
-      spot_split = splits.split_spots(spots.labels, tiles, fractions, split_cfg.seed)
-      spot_pcs = np.asarray(pp.transform(spots.counts, spots.gene_names), dtype=np.float32)
-      plan, spatial_classes = _spatial_plan(spots.labels, spot_split, len(class_names),
-                                            int(seq_cfg.spatial_total), fractions)
       spacing = splits.spot_spacing(spots.coords)
+      tiled = splits.split_spots(spots.labels, tiles, fractions, split_cfg.seed)
+      spot_split = splits.buffer_spots(spots.coords, tiled, float(data_cfg.spatial.buffer_spacings),
+                                       spacing)
+      buffered = {name: int(np.sum((tiled == s) & (spot_split == splits.UNUSED)))
+                  for s, name in enumerate(splits.SPLITS)}
+      logging.info("build_dataset: spots left out as a buffer between splits: %s", buffered)
+      spot_pcs = np.asarray(pp.transform(spots.counts, spots.gene_names), dtype=np.float32)
+      plan, spatial_classes = _spatial_plan(spots.labels, spot_split, class_names,
+                                            int(seq_cfg.spatial_total), fractions)
       for s, name in enumerate(splits.SPLITS):
         graph = sequences.spatial_graph(spots.coords, spots.labels,
                                         np.flatnonzero(spot_split == s), spacing)
@@ -380,6 +407,10 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
         "temporal_counts": _counts_table(y[:n_t], split[:n_t], class_names),
         "spatial_counts": _counts_table(y[n_t:], split[n_t:], class_names),
         "spatial_classes": [class_names[c] for c in spatial_classes],
+        "spots_per_split": ({name: int(np.sum(spot_split == s))
+                             for s, name in enumerate(splits.SPLITS)}
+                            if spot_split is not None else {}),
+        "spots_buffered": buffered,
         "spatial_time_feature": sequences.SPATIAL_TIME,
         "preprocessor": preprocessor_path.name if preprocessor_path is not None else "",
         "data_config": json.loads(json.dumps(_as_dict(data_cfg), default=str)),
@@ -406,12 +437,7 @@ def post_process(ds: SequenceDataset, data_cfg: Any) -> SequenceDataset:
     x, mask = sequences.apply_horizon(x, mask, f)
   if shuffle:
     rng = np.random.default_rng([int(seq_cfg.seed), 2])
-    dst, order = sequences.time_permutation(mask, rng)
-    rows = np.arange(x.shape[0])[:, None]
-    x_new, src_new = np.empty_like(x), np.empty_like(src)
-    x_new[rows, dst] = x[rows, order]
-    src_new[rows, dst] = src[rows, order]
-    x, src = x_new, src_new
+    x, src = sequences.permute_steps(sequences.time_permutation(mask, rng), x, src)
   meta = dict(ds.meta, observed_fraction=f, time_shuffle=shuffle)
   return dataclasses.replace(ds, x=x, mask=mask, source_index=src, meta=meta)
 

@@ -29,7 +29,6 @@ import gzip
 import io
 import os
 import pathlib
-import tempfile
 import zlib
 from typing import IO, Any, Iterator
 
@@ -39,6 +38,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from cardiac_jax import fileio
 from cardiac_jax.data.errors import DataError
 
 ORIENTATIONS = ("auto", "genes_x_cells", "cells_x_genes")
@@ -345,15 +345,8 @@ def convert_geo(counts_mtx: str | os.PathLike, cell_indices: str | os.PathLike,
     logging.warning("gene names repeat; making them unique with AnnData.var_names_make_unique")
     adata.var["gene_name"] = genes
     adata.var_names_make_unique()
-  out_h5ad.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=out_h5ad.parent, prefix=f".{out_h5ad.name}.", suffix=".tmp")
-  os.close(fd)
-  try:
+  with fileio.atomic_path(out_h5ad) as tmp:
     adata.write_h5ad(tmp)
-    os.replace(tmp, out_h5ad)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
   logging.info("wrote %s: %d cells x %d genes, %d entries", out_h5ad, adata.n_obs,
                adata.n_vars, matrix.nnz)
   return out_h5ad

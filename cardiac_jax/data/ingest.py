@@ -63,8 +63,8 @@ class Spots:
     return self.counts.shape[0]
 
 
-def _get(cfg: Any, name: str, default: Any = None) -> Any:
-  """Reads an optional field from a ConfigDict, dict or plain object."""
+def config_get(cfg: Any, name: str, default: Any = None) -> Any:
+  """Reads an optional field from a ConfigDict, dict or plain object (None: default)."""
   if cfg is None:
     return default
   if hasattr(cfg, "get"):
@@ -272,14 +272,14 @@ def prepare_cells(adata: ad.AnnData, data_cfg: Any) -> Cells:
   population = _obs_column(adata, data_cfg.population_key, "population labels "
                            "(config.data.population_key)")
   times = _obs_column(adata, data_cfg.time_key, "time labels (config.data.time_key)")
-  donor_key = _get(data_cfg, "donor_key", "")
+  donor_key = config_get(data_cfg, "donor_key", "")
   donors = None
   if donor_key:
     if donor_key in adata.obs.columns:
       donors = _obs_column(adata, donor_key, "donors (config.data.donor_key)")
     else:
-      split_cfg = _get(data_cfg, "split", None)
-      if split_cfg is not None and _get(split_cfg, "group_by_donor", False):
+      split_cfg = config_get(data_cfg, "split", None)
+      if split_cfg is not None and config_get(split_cfg, "group_by_donor", False):
         _obs_column(adata, donor_key, "donors (config.data.donor_key, needed because "
                     "config.data.split.group_by_donor is set)")
       logging.warning("obs has no donor column %r; donors unknown (present: %s)", donor_key,
@@ -299,7 +299,7 @@ def prepare_cells(adata: ad.AnnData, data_cfg: Any) -> Cells:
                     f"{kept_present}; fix config.data.classes or "
                     "config.data.population_key")
 
-  time_labels = order_time_labels(times[keep], _get(data_cfg, "time_order", ()))
+  time_labels = order_time_labels(times[keep], config_get(data_cfg, "time_order", ()))
   time_index = _index_of(times[keep], time_labels)
   per_time = np.bincount(time_index, minlength=len(time_labels))
   if (per_time == 0).any():
@@ -307,7 +307,7 @@ def prepare_cells(adata: ad.AnnData, data_cfg: Any) -> Cells:
     raise DataError(f"time points {empty} of config.data.time_order have no cells (after "
                     f"dropping {sorted(drop)}); remove them from config.data.time_order")
 
-  layer = _get(data_cfg, "counts_layer", "")
+  layer = config_get(data_cfg, "counts_layer", "")
   matrix = _counts_matrix(adata, layer, "config.data.counts_layer")
   where = f"layers[{layer!r}]" if layer else "X"
   check_counts(matrix, where)
@@ -351,11 +351,11 @@ def prepare_spots(adata: ad.AnnData, data_cfg: Any, class_names: Sequence[str]) 
     dropped, n_dropped = np.unique(population[~keep], return_counts=True)
     logging.info("dropping %d spots whose dominant population is not a class: %s",
                  int((~keep).sum()), dict(zip(dropped.tolist(), n_dropped.tolist())))
-  spatial_cfg = _get(data_cfg, "spatial", None)
-  layer = _get(spatial_cfg, "counts_layer", None) if spatial_cfg is not None else None
+  spatial_cfg = config_get(data_cfg, "spatial", None)
+  layer = config_get(spatial_cfg, "counts_layer", None) if spatial_cfg is not None else None
   field = "config.data.spatial.counts_layer"
   if layer is None:
-    layer, field = _get(data_cfg, "counts_layer", ""), "config.data.counts_layer"
+    layer, field = config_get(data_cfg, "counts_layer", ""), "config.data.counts_layer"
   matrix = _counts_matrix(adata, layer, field)
   check_counts(matrix, f"spatial {'layers[' + repr(layer) + ']' if layer else 'X'}", field)
   rows = np.flatnonzero(keep)

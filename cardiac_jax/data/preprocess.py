@@ -25,7 +25,6 @@ import dataclasses
 import io
 import os
 import pathlib
-import tempfile
 from typing import Any, Callable, Sequence
 
 from absl import logging
@@ -33,6 +32,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.utils.extmath import randomized_svd
 
+from cardiac_jax import fileio
+from cardiac_jax.data import ingest
 from cardiac_jax.data.errors import DataError
 
 N_DISPERSION_BINS = 20
@@ -42,12 +43,6 @@ DEFAULT_PCA_MAX_CELLS = 50_000
 # memory does not grow with the training matrix.
 _STATS_CHUNK_VALUES = 1 << 24
 _FORMAT_VERSION = 1
-
-
-def _get(cfg: Any, name: str, default: Any) -> Any:
-  if hasattr(cfg, "get"):
-    return cfg.get(name, default)
-  return getattr(cfg, name, default)
 
 
 def _rows(counts: Any, start: int, stop: int) -> sp.csr_matrix:
@@ -207,24 +202,14 @@ class Preprocessor:
     return z @ self.components
 
   def save(self, path: str | os.PathLike) -> pathlib.Path:
-    """Writes an .npz (no pickle) atomically: temp file in the same folder, then rename."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Writes an .npz (no pickle) atomically (``fileio``)."""
     buffer = io.BytesIO()
     np.savez(buffer, format_version=np.int64(_FORMAT_VERSION),
              gene_names=np.asarray(self.gene_names).astype(str), mean=self.mean,
              scale=self.scale, components=self.components, pca_mean=self.pca_mean,
              explained_variance_ratio=self.explained_variance_ratio,
              target_sum=np.float64(self.target_sum), max_value=np.float64(self.max_value))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-      with os.fdopen(fd, "wb") as fh:
-        fh.write(buffer.getvalue())
-      os.replace(tmp, path)
-    except BaseException:
-      pathlib.Path(tmp).unlink(missing_ok=True)
-      raise
-    return path
+    return fileio.atomic_write_bytes(path, buffer.getvalue())
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "Preprocessor":
@@ -285,8 +270,8 @@ def fit_preprocessor(counts: Any, gene_names: Sequence[str], train_rows: Any,
   rows = _train_indices(train_rows, counts.shape[0])
   target_sum, max_value = float(pp_cfg.target_sum), float(pp_cfg.max_value)
   n_hvg, n_pcs = int(pp_cfg.n_hvg), int(pp_cfg.n_pcs)
-  pca_max_cells = int(_get(pp_cfg, "pca_max_cells", DEFAULT_PCA_MAX_CELLS))
-  seed = int(_get(pp_cfg, "seed", 0))
+  pca_max_cells = int(ingest.config_get(pp_cfg, "pca_max_cells", DEFAULT_PCA_MAX_CELLS))
+  seed = int(ingest.config_get(pp_cfg, "seed", 0))
   if target_sum <= 0 or max_value <= 0 or n_hvg < 1 or n_pcs < 1:
     raise DataError("config.data.preprocess needs target_sum > 0, max_value > 0, n_hvg >= 1 "
                     f"and n_pcs >= 1 (got {target_sum}, {max_value}, {n_hvg}, {n_pcs})")

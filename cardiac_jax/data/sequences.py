@@ -351,12 +351,15 @@ def apply_horizon(x: np.ndarray, mask: np.ndarray,
   return x, mask
 
 
-def time_permutation(mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-  """Destination and source step indices that shuffle each row's visible steps.
+def time_permutation(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Per-row step permutations that shuffle each row's visible steps among themselves.
 
-  ``new[r, dst[r, j]] = old[r, src[r, j]]`` permutes the visible positions of row r
-  among themselves and leaves the hidden ones in place (works for any mask, not
-  only a prefix).
+  Used as ``permute_steps(perm, ...)``: ``new[r, t] = old[r, perm[r, t]]``. Hidden
+  positions map to themselves, and a visible position always receives a visible
+  step (works for any mask, not only a prefix), so the mask is unchanged.
+
+  Returns:
+    (N, L) int64.
   """
   visible = np.asarray(mask) > 0
   n, length = visible.shape
@@ -364,20 +367,26 @@ def time_permutation(mask: np.ndarray, rng: np.random.Generator) -> tuple[np.nda
   # Visible positions first, in order / in random order; hidden ones after, in order.
   dst = np.argsort(np.where(visible, pos, length + pos), axis=1, kind="stable")
   src = np.argsort(np.where(visible, rng.random((n, length)), 2.0 + pos), axis=1, kind="stable")
-  return dst, src
+  perm = np.empty((n, length), dtype=np.int64)
+  np.put_along_axis(perm, dst, src, axis=1)
+  return perm
 
 
-def shuffle_time(x: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Ablation: permutes the visible steps of each sequence independently.
+def permute_steps(perm: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+  """Reorders the steps (axis 1) of each array by ``perm``: ``out[r, t] = a[r, perm[r, t]]``.
 
-  If a model does as well on these, it was not using the temporal order.
+  One function for every per-step array (features, source rows), so they can
+  never be permuted differently. That is the time-shuffle ablation: if a model
+  does as well on shuffled sequences, it was not using the temporal order.
 
   Returns:
-    A new (N, L, F) array; the mask is unchanged (a permutation of visible steps
-    keeps the visible set).
+    New arrays, one per input, of the same shapes.
   """
-  dst, src = time_permutation(mask, rng)
-  rows = np.arange(x.shape[0])[:, None]
-  out = np.empty_like(x)
-  out[rows, dst] = x[rows, src]
-  return out
+  perm = np.asarray(perm, dtype=np.int64)
+  out = []
+  for a in arrays:
+    if a.shape[:2] != perm.shape:
+      raise ValueError(f"array of shape {a.shape} does not match the permutation {perm.shape}.")
+    idx = perm.reshape(perm.shape + (1,) * (a.ndim - 2))
+    out.append(np.take_along_axis(a, idx, axis=1))
+  return tuple(out)

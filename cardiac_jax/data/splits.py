@@ -3,7 +3,8 @@
 Splits are decided on cells (or spots) *before* any sequence is built, so a
 cell can only ever appear in sequences of one split. With donors, whole iPSC
 lines are held out; with spatial data, whole square tiles of the section are,
-because neighbouring spots share cells and signal.
+because neighbouring spots share cells and signal, and held-out spots on a tile
+edge next to another split's spots are left out (``buffer_spots``).
 """
 from __future__ import annotations
 
@@ -281,3 +282,60 @@ def split_spots(labels: np.ndarray, tiles: np.ndarray,
   dominant = np.argmax(table, axis=1)
   tile_split = split_cells(dominant, fractions, seed)
   return tile_split[t_inv]
+
+
+# Split id of spots left out of every split by ``buffer_spots``.
+UNUSED = -1
+
+
+def buffer_spots(coords: np.ndarray, spot_split: np.ndarray, buffer_spacings: float,
+                 spacing: float | None = None) -> np.ndarray:
+  """Leaves out the validation / test spots that touch another split's spots.
+
+  Whole tiles keep most of a held-out region away from training, but spots on
+  a tile's edge are still neighbours (correlated tissue, shared cells) of spots
+  across the edge. Every validation spot within ``buffer_spacings`` spot
+  spacings of a training spot, and every test spot within that distance of a
+  training spot or of a validation spot that was kept, becomes ``UNUSED``
+  (-1): no split's graph or anchors see it. Training spots are never removed,
+  so training keeps all its data. Afterwards no two used spots of different
+  splits are within the buffer.
+
+  Args:
+    coords: (n, 2) spot coordinates.
+    spot_split: (n,) split id per spot (0/1/2, e.g. from ``split_spots``).
+    buffer_spacings: buffer width in spot spacings; 0 turns the buffer off.
+    spacing: the spot pitch (default ``spot_spacing(coords)``).
+
+  Returns:
+    (n,) int8 split id per spot, ``UNUSED`` for buffered spots.
+  """
+  if not buffer_spacings >= 0:
+    raise DataError(f"buffer_spacings must be >= 0, got {buffer_spacings}; fix "
+                    "config.data.spatial.buffer_spacings.")
+  out = np.asarray(spot_split).astype(np.int8, copy=True)
+  if out.ndim != 1 or out.shape[0] != np.shape(coords)[0]:
+    raise DataError(f"spot_split has shape {out.shape} but there are {np.shape(coords)[0]} "
+                    "spots; pass one split id per spot.")
+  if buffer_spacings == 0:
+    return out
+  spacing = spot_spacing(coords) if spacing is None else float(spacing)
+  # Slightly above the buffer, so spots at exactly the buffer distance on a lattice
+  # (rounding either way) are buffered too.
+  radius = float(buffer_spacings) * spacing * (1 + 1e-6)
+  pairs = sp_spatial.cKDTree(np.asarray(coords, np.float64)).query_pairs(
+      radius, output_type="ndarray")
+  if pairs.size == 0:
+    return out
+  # Both directions of every close pair: (spot, its neighbour).
+  a = np.concatenate([pairs[:, 0], pairs[:, 1]])
+  b = np.concatenate([pairs[:, 1], pairs[:, 0]])
+  train, val, test = range(len(SPLITS))
+
+  def near(own: int, other: int) -> np.ndarray:
+    """Spots of split ``own`` with a spot of split ``other`` (as it is now) in range."""
+    return a[(out[a] == own) & (out[b] == other)]
+
+  out[near(val, train)] = UNUSED          # before the test pass: dropped val spots don't count
+  out[np.union1d(near(test, train), near(test, val))] = UNUSED
+  return out
