@@ -95,7 +95,8 @@ def test_end_to_end_writes_metrics_report_and_plots(straight_run):
   assert set(report["criteria"]) == {"test_accuracy", "accuracy_gap", "val_not_below_train",
                                      "val_test_agreement"}
   assert sum(map(sum, report["confusion"])) == report["num_test"]
-  assert report["best_epoch"] == max(records, key=lambda r: r["val_acc"])["epoch"]
+  assert tiny_config().train.early_stopping_metric == "val_loss"
+  assert report["best_epoch"] == min(records, key=lambda r: r["val_loss"])["epoch"]
   assert report["epochs_run"] == 3 and report["early_stopped"] is False
   with open(os.path.join(workdir, "report.md")) as f:
     md = f.read()
