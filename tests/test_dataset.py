@@ -172,8 +172,21 @@ def test_spatial_classes_are_chosen_from_training_spots_only():
   assert plan[:, 2].sum() == 0 and plan.sum() == 30
   # Held-out labels do not change the choice: relabel every val/test spot as c.
   relabelled = np.where((split == 1) | (split == 2), 2, labels)
-  with pytest.raises(errors.DataError, match="'a' was chosen from the training spots"):
+  with pytest.raises(errors.DataError, match="no spot of any spatial class"):
     plan_fn(relabelled, split, names, 30, (0.6, 0.3, 0.1))
+  # A chosen class missing from one held-out split hands its share to the others there.
+  no_b_in_test = np.where((split == 2) & (labels == 1), 2, labels)
+  plan, chosen = plan_fn(no_b_in_test, split, names, 30, (0.6, 0.3, 0.1))
+  assert chosen == [0, 1]
+  assert plan[2, 1] == 0 and plan[2, 0] == plan[2].sum() == 3
+  assert plan[1, 0] > 0 and plan[1, 1] > 0
+  # Too few spots even with reuse is still an error.
+  scarce = np.where((split == 2) & (labels == 0), 2, labels)
+  scarce[np.flatnonzero((split == 2) & (labels == 2))[0]] = 0     # one 'a' spot in test
+  plan_fn(scarce, split, names, 30, (0.6, 0.3, 0.1))               # 2 sequences, reuse ok
+  with pytest.raises(errors.DataError, match="'a' was chosen from the training spots but the "
+                                             "test split has only 1"):
+    plan_fn(scarce, split, names, 300, (0.6, 0.3, 0.1))
 
 
 def test_preprocessing_fitted_on_train_cells_only(built):

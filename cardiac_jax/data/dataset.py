@@ -241,11 +241,12 @@ def _spatial_plan(labels: np.ndarray, spot_split: np.ndarray, class_names: Seque
   from validation / test labels (that would let held-out data shape the task):
   a class is a spatial label when its training spots, scaled by the size of the
   smallest held-out split relative to training, promise >= MIN_SPATIAL_ANCHORS
-  anchors there. The same classes are used in every split so that the class mix
-  of spatial sequences does not differ between train and test. A chosen class
-  with few anchors in a held-out split reuses them (``sequences.choose_anchors``,
-  at most ``MAX_ANCHOR_REUSE`` times each); with none, or too few even for that,
-  this raises a DataError that says how to fix the spatial split.
+  anchors there. The same classes are used in every split where they occur; a
+  chosen class with no spot at all in a held-out split hands its share there to
+  the other chosen classes (with a warning). A chosen class with few anchors in
+  a split reuses them (``sequences.choose_anchors``, at most
+  ``MAX_ANCHOR_REUSE`` times each); too few even for that raises a DataError
+  that says how to fix the spatial split.
 
   Args:
     labels: (n_spots,) class per spot.
@@ -278,7 +279,20 @@ def _spatial_plan(labels: np.ndarray, spot_split: np.ndarray, class_names: Seque
         "config.data.spatial.enabled = False.")
   split_totals = splits.allocate(total, fractions)
   for s, n in enumerate(split_totals):   # three splits
-    plan[s, eligible] = splits.allocate(n, np.full(eligible.size, 1.0 / eligible.size))
+    # A chosen class absent from a held-out split (a small region whose tiles all
+    # went elsewhere) gives its share to the other chosen classes there.
+    present = eligible[per[s, eligible] > 0]
+    if present.size < eligible.size:
+      logging.warning("spatial %s split has no spot of %s; its sequences go to the other "
+                      "spatial classes there", splits.SPLITS[s],
+                      [class_names[c] for c in eligible if per[s, c] == 0])
+    if present.size == 0:
+      raise DataError(
+          f"the spatial {splits.SPLITS[s]} split has no spot of any spatial class "
+          f"{[class_names[c] for c in eligible]} (spots per split x class: {per.tolist()}); "
+          "use more spots, a smaller config.data.spatial.tile_size or buffer_spacings, or "
+          "another config.data.split.seed.")
+    plan[s, present] = splits.allocate(n, np.full(present.size, 1.0 / present.size))
   short = (plan > 0) & (plan > sequences.MAX_ANCHOR_REUSE * per)
   if short.any():
     s, c = (int(v[0]) for v in np.nonzero(short))
