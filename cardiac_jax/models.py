@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -63,6 +64,62 @@ def _norm(kind: str, dtype: Any, train: bool, name: str) -> Callable[[jax.Array,
   return lambda h, token_mask: ln(h)
 
 
+def _mix32(x: jax.Array) -> jax.Array:
+  """A bijective 32-bit integer finaliser (Wellons' "lowbias32": full avalanche)."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def uniform16(rng: jax.Array, shape: Sequence[int]) -> jax.Array:
+  """Uniform uint16 draws of ``shape``: two per 32-bit hash of a counter.
+
+  Why not ``jax.random.bernoulli``: on CPU its threefry costs one 20-round
+  hash per element, the largest non-matmul cost of a training step. Here
+  ``rng`` (a normal JAX key, so the key derivation stays in the train loop)
+  only seeds two words; each pair of draws is then its element counter passed
+  twice through ``_mix32`` with those words in between (a few vector ops).
+  The counter is built from per-axis iotas rather than a reshaped flat iota so
+  that a batch-sharded mask is generated shard-locally under jit. Deterministic
+  in ``rng`` and the same on every backend and device count.
+  """
+  *lead, last = shape
+  half_shape = (*lead, (last + 1) // 2)
+  counter = jnp.zeros(half_shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(len(half_shape))):
+    counter = counter + lax.broadcasted_iota(jnp.uint32, half_shape, axis) * jnp.uint32(stride)
+    stride *= half_shape[axis]
+  seed = jax.random.bits(rng, (2,), jnp.uint32)
+  x = _mix32(_mix32(counter ^ seed[0]) + seed[1])
+  draws = lax.bitcast_convert_type(x, jnp.uint16)            # (..., last/2, 2)
+  return draws.reshape(*lead, 2 * half_shape[-1])[..., :last]
+
+
+class Dropout(nn.Module):
+  """Inverted dropout with masks from ``uniform16`` (see there for why).
+
+  The keep probability is quantised to ``k / 65536`` (an error below 1e-5 for
+  any rate) and kept values are scaled by exactly ``65536 / k``, so the layer
+  stays unbiased. Draws its key from the "dropout" rng collection, like
+  ``flax.linen.Dropout``.
+  """
+  rate: float
+  deterministic: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.deterministic or self.rate == 0.0:
+      return x
+    keep = max(1, min(65536, int(round((1.0 - self.rate) * 65536))))
+    if keep == 65536:
+      return x
+    kept = uniform16(self.make_rng("dropout"), x.shape) < jnp.uint16(keep)
+    return jnp.where(kept, x * jnp.asarray(65536.0 / keep, x.dtype), jnp.zeros((), x.dtype))
+
+
 class SelfAttention(nn.Module):
   """Multi-head self-attention with one fused QKV projection.
 
@@ -85,7 +142,7 @@ class SelfAttention(nn.Module):
     logits = jnp.where(attn_mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     if self.dropout_rate > 0.0:
-      weights = nn.Dropout(self.dropout_rate, deterministic=not train)(weights)
+      weights = Dropout(self.dropout_rate, deterministic=not train)(weights)
     out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
     return nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype,
                            param_dtype=jnp.float32, name="out")(out)
@@ -106,13 +163,13 @@ class Block(nn.Module):
     y = _norm(self.norm, self.dtype, train, "norm_attn")(h, token_mask)
     y = SelfAttention(self.num_heads, self.attention_dropout, self.dtype, name="attn")(
         y, attn_mask, train=train)
-    h = h + nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+    h = h + Dropout(self.dropout_rate, deterministic=not train)(y)
     y = _norm(self.norm, self.dtype, train, "norm_mlp")(h, token_mask)
     y = nn.Dense(self.mlp_ratio * width, dtype=self.dtype, param_dtype=jnp.float32,
                  name="mlp_in")(y)
     y = nn.gelu(y)
     y = nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32, name="mlp_out")(y)
-    return h + nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+    return h + Dropout(self.dropout_rate, deterministic=not train)(y)
 
 
 class SequenceClassifier(nn.Module):
@@ -173,7 +230,7 @@ class SequenceClassifier(nn.Module):
     h = _norm(self.norm, self.dtype, train, "norm_final")(h, token_mask)
 
     pooled = pool(h.astype(jnp.float32), visible, self.pooling)
-    pooled = nn.Dropout(self.dropout_rates[-1], deterministic=not train)(pooled)
+    pooled = Dropout(self.dropout_rates[-1], deterministic=not train)(pooled)
     return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
                     name="head")(pooled)
 

@@ -37,6 +37,7 @@ from cardiac_jax import checkpoint as checkpoint_lib
 from cardiac_jax import models
 from cardiac_jax import monitor
 from cardiac_jax import optim
+from cardiac_jax import parallel
 from cardiac_jax import report as report_lib
 from cardiac_jax import scaling
 from cardiac_jax import schedules as schedules_lib
@@ -63,19 +64,28 @@ class TrainState:
 
 
 def data_sharding() -> jax.sharding.Sharding:
-  """Where the dataset and the train state live.
+  """Where the dataset and the train state live: replicated on every device.
 
-  The one place to change for data parallelism: return a ``NamedSharding``
-  over a ``Mesh`` data axis here (and shard the batch dimension of the
-  gathered batches in ``train_epoch``), and both placement and checkpoint
-  restore targets follow.
+  Data parallelism (``parallel.py``): a full copy on each device of the "data"
+  mesh axis, so each device gathers its own batch rows locally; only the
+  batches (``batch_sharding``) are split. Checkpoint restore targets follow.
   """
-  return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return parallel.replicated()
+
+
+def batch_sharding(batch_axis: int = 0) -> jax.sharding.Sharding:
+  """Batch rows split over the devices (axis 1 for an epoch's (steps, batch) indices)."""
+  return parallel.batch_sharding(batch_axis=batch_axis)
 
 
 def place(tree: Any) -> Any:
   """Puts a pytree of arrays on the device(s) given by ``data_sharding``."""
   return jax.device_put(tree, data_sharding())
+
+
+def place_batches(tree: Any, batch_axis: int = 0) -> Any:
+  """Puts index/weight arrays on the devices, split along ``batch_axis``."""
+  return jax.device_put(tree, batch_sharding(batch_axis))
 
 
 def abstract_like(tree: Any) -> Any:
@@ -161,19 +171,23 @@ def _gather(data: dict[str, jax.Array], idx: jax.Array) -> dict[str, jax.Array]:
 
 def train_epoch(state: TrainState, data: dict[str, jax.Array], idx: jax.Array,
                 rng: jax.Array, *, model: Any, tx: optax.GradientTransformation,
-                schedules: optim.Schedules) -> tuple[TrainState, dict[str, jax.Array]]:
+                schedules: optim.Schedules,
+                batch_sharding: Any = None) -> tuple[TrainState, dict[str, jax.Array]]:
   """All steps of one epoch as a ``lax.scan``; ``idx`` is (steps, batch) row indices.
 
-  Returns the state and on-device sums: loss (smoothed, train mode), correct,
-  count, ``first_bad_step`` (-1 if every loss was finite) and the schedule
-  values at the epoch's last step.
+  ``batch_sharding`` (static; None = leave it to XLA) pins each gathered batch
+  to the data-parallel split, so the partitioner cannot choose to replicate
+  the step. Returns the state and on-device sums: loss (smoothed, train
+  mode), correct, count, ``first_bad_step`` (-1 if every loss was finite) and
+  the schedule values at the epoch's last step.
   """
   step_fn = functools.partial(train_step, model=model, tx=tx, schedules=schedules)
 
   def body(carry, batch_idx):
     state, sums, first_bad = carry
     step = state.step
-    state, m = step_fn(state, _gather(data, batch_idx), rng)
+    batch = parallel.constrain_batch(_gather(data, batch_idx), batch_sharding)
+    state, m = step_fn(state, batch, rng)
     sums = {k: sums[k] + m[k] for k in sums}
     first_bad = jnp.where((first_bad < 0) & ~m["finite"], step, first_bad)
     return (state, sums, first_bad), None
@@ -200,13 +214,28 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
   return sums, jax.nn.softmax(logits, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames="model")
+@functools.partial(jax.jit, static_argnames=("model", "batch_sharding"))
 def eval_chunk(state: TrainState, data: dict[str, jax.Array], idx: jax.Array,
-               weight: jax.Array, *, model: Any) -> tuple[dict[str, jax.Array], jax.Array]:
+               weight: jax.Array, *, model: Any,
+               batch_sharding: Any = None) -> tuple[dict[str, jax.Array], jax.Array]:
   """``eval_step`` on the rows ``idx`` of the device-resident data (jitted, model static)."""
   batch = _gather(data, idx)
   batch["weight"] = weight
+  batch = parallel.constrain_batch(batch, batch_sharding)
   return eval_step(state, batch, model=model)
+
+
+def train_compiler_options() -> dict[str, Any] | None:
+  """XLA options for the epoch scan: on CPU, the concurrency-optimised scheduler.
+
+  It orders independent ops (the backward's weight- and input-gradient
+  matmuls, the forward's dropout masks) so the CPU runtime overlaps them:
+  ~9% faster scale3 steps in alternating A/B runs on a 2-core host. Only the
+  order changes: the epoch's parameters are bitwise identical with it off.
+  """
+  if jax.default_backend() == "cpu":
+    return {"xla_cpu_enable_concurrency_optimized_scheduler": True}
+  return None
 
 
 class Compiled(NamedTuple):
@@ -218,13 +247,18 @@ class Compiled(NamedTuple):
 
 def compile_fns(model: Any, tx: optax.GradientTransformation,
                 schedules: optim.Schedules) -> Compiled:
-  """Binds the static model/optimizer/schedules and jits; the state is donated."""
+  """Binds the static model/optimizer/schedules and jits; the state is donated.
+
+  Batches are split over the data-parallel mesh of all devices (one device:
+  a no-op); the state and dataset stay replicated (``data_sharding``).
+  """
   return Compiled(
       init=functools.partial(init_state, model=model, opt_init=jax.jit(tx.init)),
       train_epoch=jax.jit(
-          functools.partial(train_epoch, model=model, tx=tx, schedules=schedules),
-          donate_argnums=0),
-      eval_chunk=functools.partial(eval_chunk, model=model),
+          functools.partial(train_epoch, model=model, tx=tx, schedules=schedules,
+                            batch_sharding=batch_sharding()),
+          donate_argnums=0, compiler_options=train_compiler_options()),
+      eval_chunk=functools.partial(eval_chunk, model=model, batch_sharding=batch_sharding()),
   )
 
 
@@ -258,8 +292,11 @@ def eval_chunks(positions: np.ndarray, chunk_size: int) -> list[tuple[jax.Array,
   """Fixed-size (rows, weights) chunks covering ``positions`` exactly once.
 
   The last chunk is padded with row ``positions[0]`` at weight 0, so every
-  chunk has one shape (one compilation) and padding never counts.
+  chunk has one shape (one compilation) and padding never counts. The chunk
+  size is rounded up to a multiple of the device count (chunks are split
+  over the data-parallel mesh).
   """
+  chunk_size = parallel.round_up(chunk_size)
   positions = np.asarray(positions, np.int32)
   n = len(positions)
   n_chunks = max(1, math.ceil(n / chunk_size))
@@ -267,8 +304,9 @@ def eval_chunks(positions: np.ndarray, chunk_size: int) -> list[tuple[jax.Array,
   idx[:n] = positions
   weight = np.zeros(n_chunks * chunk_size, np.float32)
   weight[:n] = 1.0
-  return [place((idx[i * chunk_size:(i + 1) * chunk_size],
-                 weight[i * chunk_size:(i + 1) * chunk_size])) for i in range(n_chunks)]
+  return [place_batches((idx[i * chunk_size:(i + 1) * chunk_size],
+                         weight[i * chunk_size:(i + 1) * chunk_size]))
+          for i in range(n_chunks)]
 
 
 def evaluate(eval_fn: Callable, state: TrainState, data: dict[str, jax.Array],
@@ -384,6 +422,7 @@ def build_run(config: ml_collections.ConfigDict, dataset: Any) -> Run:
     if not np.any(split == sid):
       raise ValueError(f"the dataset has no {name!r} sequences; check data.split.fractions.")
   config = scaling.resolve_config(config, len(dataset.y))
+  parallel.check_divisible(config.train.batch_size, "train.batch_size")
   train_pos = np.flatnonzero(split == SPLIT_IDS["train"])
   spe = schedules_lib.steps_per_epoch(len(train_pos), config.train.batch_size)
   model, scheds, fns = _model_and_fns(config, dataset.num_classes, dataset.length, spe)
@@ -447,7 +486,7 @@ def _run_epoch(run: Run, state: TrainState, epoch: int) -> tuple[TrainState, dic
   """Trains one epoch (one jitted call, one host fetch)."""
   order = stratified_order(run.dataset.y[run.train_pos], run.config.train.batch_size,
                            run.config.seed, epoch)
-  idx = place(run.train_pos[order].astype(np.int32))
+  idx = place_batches(run.train_pos[order].astype(np.int32), batch_axis=1)
   state, sums = run.fns.train_epoch(state, run.data, idx, run.train_rng)
   return state, jax.device_get(sums)
 

@@ -180,3 +180,26 @@ def test_batch_stats_update_in_train_mode_only():
   # Eval mode does not mutate (and so cannot update) the statistics.
   logits = model.apply(variables, x, mask, train=False)
   assert logits.shape == (B, C)
+
+
+def test_dropout_masks_are_unbiased_uniform_and_keyed():
+  """The counter-hash dropout keeps 1 - rate of the values, scaled to keep the mean."""
+  x = jnp.ones((64, 80, 161), jnp.float32)           # odd last axis: the pairing's edge
+  layer = models.Dropout(0.3)
+  out = np.asarray(layer.apply({}, x, rngs={"dropout": jax.random.key(0)}))
+  kept = out > 0
+  n = kept.size
+  assert abs(kept.mean() - 0.7) < 4 * np.sqrt(0.21 / n)
+  assert abs(out.mean() - 1.0) < 5e-3
+  np.testing.assert_allclose(out[kept], 65536 / round(0.7 * 65536), rtol=1e-6)
+  # Neighbours (the two halves of one hash) and rows are uncorrelated.
+  k = kept.astype(np.float64)
+  assert abs(np.corrcoef(k[..., :-1].ravel(), k[..., 1:].ravel())[0, 1]) < 0.01
+  assert abs(np.corrcoef(k[:-1].ravel(), k[1:].ravel())[0, 1]) < 0.01
+  other = np.asarray(layer.apply({}, x, rngs={"dropout": jax.random.key(1)})) > 0
+  assert 0.55 < np.mean(kept == other) < 0.63        # independent: 0.7^2 + 0.3^2 = 0.58
+  again = np.asarray(layer.apply({}, x, rngs={"dropout": jax.random.key(0)})) > 0
+  np.testing.assert_array_equal(kept, again)
+  u = np.asarray(models.uniform16(jax.random.key(2), (1 << 16,))).astype(np.int64)
+  counts = np.bincount(u >> 12, minlength=16)
+  assert ((counts - 4096) ** 2 / 4096).sum() < 40     # chi-square, 15 dof (p ~ 5e-4)

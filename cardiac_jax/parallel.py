@@ -1,0 +1,111 @@
+"""Data parallelism with JAX's own sharding: one mesh axis, "data".
+
+The train state and the device-resident dataset are replicated; each batch is
+split along its leading (example) axis over the "data" axis. Under ``jit``
+XLA partitions the step and inserts the cross-device reductions itself: the
+loss mean, the gradients, the BatchNorm batch statistics and the metric sums
+are all computed over the global batch, so the numbers are those of one
+device up to floating-point summation order. No pmap, no explicit psum.
+
+Multi-host: ``maybe_initialize_distributed`` starts ``jax.distributed`` when a
+coordinator is configured; the mesh then spans every process's devices and
+every host computes the same (seeded) batch order, so placing an epoch's
+indices with ``jax.device_put`` gives each host the rows of its own devices.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Sequence
+
+from absl import logging
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+from cardiac_jax.errors import ConfigError
+
+DATA_AXIS = "data"
+
+
+def maybe_initialize_distributed(coordinator_address: str | None = None,
+                                 num_processes: int | None = None,
+                                 process_id: int | None = None) -> bool:
+  """Calls ``jax.distributed.initialize`` if a multi-process run is configured.
+
+  Arguments win over the environment variables ``JAX_COORDINATOR_ADDRESS``
+  (host:port of process 0), ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. With
+  no coordinator this is a no-op, so single-host runs need nothing. Must run
+  before anything touches a JAX backend (first thing in ``main``).
+
+  Returns:
+    True if this call initialised the distributed runtime.
+  """
+  env = os.environ
+  address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
+  if address is None:
+    return False
+  if jax.distributed.is_initialized():
+    return False
+  n = num_processes if num_processes is not None else env.get("JAX_NUM_PROCESSES")
+  pid = process_id if process_id is not None else env.get("JAX_PROCESS_ID")
+  if n is None or pid is None:
+    raise ConfigError(
+        f"a coordinator address ({address}) is set but the process count or id is not; "
+        "set JAX_NUM_PROCESSES and JAX_PROCESS_ID (or pass --num_processes/--process_id) "
+        "on every process.")
+  jax.distributed.initialize(coordinator_address=address, num_processes=int(n),
+                             process_id=int(pid))
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices.",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+  return True
+
+
+@functools.lru_cache(maxsize=None)
+def _mesh(devices: tuple[Any, ...]) -> Mesh:
+  return Mesh(np.asarray(devices, dtype=object), (DATA_AXIS,))
+
+
+def data_mesh(devices: Sequence[Any] | None = None) -> Mesh:
+  """A 1-D mesh with axis "data" over ``devices`` (default: all, every process)."""
+  return _mesh(tuple(jax.devices() if devices is None else devices))
+
+
+def num_shards(mesh: Mesh | None = None) -> int:
+  """Devices along the data axis."""
+  return (mesh or data_mesh()).shape[DATA_AXIS]
+
+
+def replicated(mesh: Mesh | None = None) -> NamedSharding:
+  """A full copy on every device: the train state and the dataset."""
+  return NamedSharding(mesh or data_mesh(), P())
+
+
+def batch_sharding(mesh: Mesh | None = None, batch_axis: int = 0) -> NamedSharding:
+  """Split along ``batch_axis`` over "data" (axis 1 for an epoch's (steps, batch) indices)."""
+  return NamedSharding(mesh or data_mesh(), P(*([None] * batch_axis), DATA_AXIS))
+
+
+def check_divisible(size: int, what: str, mesh: Mesh | None = None) -> None:
+  """Raises ConfigError unless ``size`` splits evenly over the data axis."""
+  n = num_shards(mesh)
+  if size % n:
+    lower, upper = size - size % n, size + n - size % n
+    raise ConfigError(
+        f"{what}={size} is not divisible by the {n} devices of the data-parallel mesh; "
+        f"use {what}={upper}" + (f" or {lower}" if lower > 0 else "") +
+        " (or run on fewer devices, e.g. CUDA_VISIBLE_DEVICES).")
+
+
+def round_up(size: int, mesh: Mesh | None = None) -> int:
+  """The smallest multiple of the device count >= ``size`` (for padded eval chunks)."""
+  n = num_shards(mesh)
+  return -(-size // n) * n
+
+
+def constrain_batch(tree: Any, sharding: NamedSharding | None) -> Any:
+  """``with_sharding_constraint`` on every leaf's leading axis (no-op for None)."""
+  if sharding is None:
+    return tree
+  return jax.lax.with_sharding_constraint(tree, sharding)

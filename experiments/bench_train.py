@@ -1,0 +1,277 @@
+"""Benchmarks training and evaluation throughput against the machine's matmul ceiling.
+
+  python experiments/bench_train.py --config=configs/scale3.py --out=/tmp/bench_train.json
+  python experiments/bench_train.py --config=configs/scale3.py --skip_data --steps=64
+  python experiments/bench_train.py --config=configs/scale3.py --real_data
+  python experiments/bench_train.py --config=configs/scale3.py --skip_data --peak_tflops=989  # H100 bf16
+
+Training is timed exactly as ``train.py`` runs it: ``run.fns.train_epoch``, the
+jitted ``lax.scan`` over a device-resident dataset with the state donated, on
+``--steps`` batches of a stratified epoch order (synthetic arrays of the
+config's real shapes unless ``--real_data``). FLOPs per step come from XLA's
+cost analysis of one compiled ``train_step`` (the epoch's analysis counts the
+loop body once) and are cross-checked against an analytic count of the matmuls.
+The achieved rate is reported as a fraction of a float matmul rate measured in
+the same process (best of several n x n products in the compute dtype), and as
+MFU against ``--peak_tflops`` when given (GPUs: the datasheet dense peak).
+Timings are best-of ``--repeats``: on a shared machine the best run is the one
+least disturbed by other processes; the load average is recorded alongside.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+
+from cardiac_jax import models
+from cardiac_jax import optim
+from cardiac_jax import parallel
+from cardiac_jax import train
+from cardiac_jax.data import dataset as dataset_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/scale3.py", "Config file.")
+_OUT = flags.DEFINE_string("out", "", "Write the results as JSON here.")
+_STEPS = flags.DEFINE_integer("steps", 32, "Optimizer steps per timed epoch call.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repetitions (best is reported).")
+_REAL = flags.DEFINE_bool("real_data", False, "Use the config's (cached) dataset.")
+_SKIP_DATA = flags.DEFINE_bool("skip_data", False, "Skip the data-pipeline stage timings.")
+_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0 = none).")
+_MATMUL_N = flags.DEFINE_integer("matmul_size", 2048, "n of the n x n reference matmul.")
+
+
+def _peak_rss_mb() -> float:
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def _best(fn: Callable[[], Any], repeats: int) -> list[float]:
+  """Wall seconds of ``repeats`` calls of ``fn`` (each blocks until done)."""
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def matmul_gflops(n: int, dtype: Any, repeats: int = 5) -> float:
+  """Best-of-``repeats`` GFLOP/s of an n x n @ n x n product (the ceiling reference)."""
+  a = jax.device_put(jnp.asarray(np.random.default_rng(0).normal(size=(n, n)), dtype))
+  f = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(f(a))
+  return 2 * n**3 / min(_best(lambda: f(a), repeats)) / 1e9
+
+
+def analytic_train_flops(batch: int, length: int, features: int, width: int, depth: int,
+                         mlp_ratio: int, num_classes: int, pooled_width: int) -> float:
+  """Matmul FLOPs (2 per multiply-add) of one training step: forward + backward.
+
+  Backward costs two forward matmuls (input and weight gradients) except the
+  embedding, whose input needs no gradient. Elementwise work is not counted.
+  """
+  tokens = batch * length
+  embed = 2 * tokens * features * width
+  block = (2 * tokens * width * 3 * width            # fused QKV
+           + 2 * 2 * batch * length * length * width  # scores and weighted values
+           + 2 * tokens * width * width             # attention output
+           + 2 * 2 * tokens * width * mlp_ratio * width)  # MLP in and out
+  head = 2 * batch * pooled_width * num_classes
+  forward = embed + depth * block + head
+  return 3 * forward - 2 * embed
+
+
+def synthetic_dataset(config: Any, seed: int = 0) -> dataset_lib.SequenceDataset:
+  """Random arrays with the shapes ``build_dataset`` would give for ``config.data``."""
+  d = config.data
+  classes = tuple(c for c in d.classes)
+  n = d.sequences.per_population * len(classes)
+  n += d.sequences.spatial_total if d.spatial.enabled else 0
+  length, features = d.sequences.length, d.preprocess.n_pcs + 2
+  rng = np.random.default_rng(seed)
+  fractions = np.asarray(d.split.fractions, np.float64)
+  return dataset_lib.SequenceDataset(
+      x=rng.normal(size=(n, length, features)).astype(np.float32),
+      y=(np.arange(n) % len(classes)).astype(np.int32),
+      mask=np.ones((n, length), np.float32),
+      split=rng.choice(3, size=n, p=fractions / fractions.sum()).astype(np.int8),
+      modality=np.zeros(n, np.int8),
+      source_index=np.zeros((n, length), np.int64),
+      class_names=classes,
+      meta={"cache_key": f"bench-synthetic-{n}-{length}-{features}-{seed}"})
+
+
+def _epoch_indices(run: train.Run, steps: int) -> np.ndarray:
+  """(steps, batch) dataset rows in train.py's stratified order (epochs 1, 2, ...)."""
+  labels = run.dataset.y[run.train_pos]
+  orders, epoch = [], 1
+  while sum(len(o) for o in orders) < steps:
+    orders.append(train.stratified_order(labels, run.config.train.batch_size,
+                                         run.config.seed, epoch))
+    epoch += 1
+  return run.train_pos[np.concatenate(orders)[:steps]].astype(np.int32)
+
+
+def bench_training(run: train.Run, steps: int, repeats: int) -> dict[str, Any]:
+  """Compile time, FLOPs and best-of timings of ``steps`` steps in one epoch call."""
+  config = run.config
+  batch_size = config.train.batch_size
+  state = train.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
+  idx = train.place_batches(_epoch_indices(run, steps), batch_axis=1)
+
+  t0 = time.perf_counter()
+  lowered = run.fns.train_epoch.lower(state, run.data, idx, run.train_rng)
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
+
+  # FLOPs of one step from its own compilation (a while loop's body is counted once).
+  tx = optim.make_optimizer(config, run.schedules)
+  step = jax.jit(functools.partial(train.train_step, model=run.model, tx=tx,
+                                   schedules=run.schedules))
+  batch = {k: v[:batch_size] for k, v in run.data.items()}
+  step_cost = step.lower(state, batch, run.train_rng).compile().cost_analysis() or {}
+  epoch_cost = compiled.cost_analysis() or {}
+  pooled = config.model.width * (2 if config.model.get("pooling") == "mean_last" else 1)
+  analytic = analytic_train_flops(batch_size, run.dataset.length, run.dataset.num_features,
+                                  config.model.width, config.model.depth,
+                                  config.model.mlp_ratio, run.dataset.num_classes, pooled)
+  flops = float(step_cost.get("flops", analytic))
+
+  holder = {"state": state}
+
+  def call():
+    holder["state"], sums = compiled(holder["state"], run.data, idx, run.train_rng)
+    return sums
+
+  first = _best(call, 1)[0]
+  times = _best(call, repeats)
+  best = min(times)
+  return {
+      "steps": steps,
+      "batch_size": batch_size,
+      "compile_s": compile_s,
+      "first_call_s": first,
+      "step_ms_best": 1e3 * best / steps,
+      "step_ms_median": 1e3 * statistics.median(times) / steps,
+      "seq_per_s": steps * batch_size / best,
+      "seq_per_s_median": steps * batch_size / statistics.median(times),
+      "flops_per_step_xla": flops,
+      "flops_per_step_analytic": analytic,
+      "xla_over_analytic": flops / analytic,
+      "epoch_cost_analysis_flops": float(epoch_cost.get("flops", float("nan"))),
+      "gflops_per_s": flops * steps / best / 1e9,
+  }
+
+
+def bench_eval(run: train.Run, repeats: int) -> dict[str, Any]:
+  """Eval-mode throughput over the validation split, as ``train.evaluate`` runs it."""
+  state = train.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
+  chunks = run.chunks["val"]
+  t0 = time.perf_counter()
+  train.evaluate(run.fns.eval_chunk, state, run.data, chunks)
+  first = time.perf_counter() - t0
+  times = _best(lambda: train.evaluate(run.fns.eval_chunk, state, run.data, chunks)["loss"],
+                repeats)
+  count = train.evaluate(run.fns.eval_chunk, state, run.data, chunks)["count"]
+  return {"sequences": count, "chunk": int(chunks[0][0].shape[0]),
+          "first_call_s": first, "seq_per_s": count / min(times)}
+
+
+def bench_data(config: Any) -> tuple[dict[str, Any], dataset_lib.SequenceDataset]:
+  timings: dict = {}
+  t0 = time.perf_counter()
+  ds = dataset_lib.build_dataset(config.data, cache=False, timings=timings)
+  return {"stages": timings, "total_s": time.perf_counter() - t0,
+          "peak_rss_mb": _peak_rss_mb()}, ds
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  load_before = os.getloadavg()
+  results: dict[str, Any] = {"config": config.name}
+
+  data_result, ds = (None, None) if _SKIP_DATA.value else bench_data(config)
+  if not _REAL.value:
+    ds = synthetic_dataset(config)
+  elif ds is None:
+    ds = dataset_lib.build_dataset(config.data)
+  run = train.build_run(config, ds)
+  dtype = models.resolve_dtype(run.config.model.dtype)
+
+  mm_before = matmul_gflops(_MATMUL_N.value, dtype)
+  tr = bench_training(run, _STEPS.value, _REPEATS.value)
+  ev = bench_eval(run, _REPEATS.value)
+  mm = max(mm_before, matmul_gflops(_MATMUL_N.value, dtype))
+  tr["fraction_of_matmul"] = tr["gflops_per_s"] / mm
+  if _PEAK.value > 0:
+    tr["mfu"] = tr["gflops_per_s"] / (1e3 * _PEAK.value)
+
+  m = run.config.model
+  results.update(
+      data="real" if _REAL.value else "synthetic",
+      shape=[int(len(ds.y)), int(ds.length), int(ds.num_features)],
+      n_train=int(len(run.train_pos)),
+      model={"width": m.width, "depth": m.depth, "num_heads": m.num_heads,
+             "mlp_ratio": m.mlp_ratio, "norm": m.norm, "pooling": m.get("pooling"),
+             "dtype": jnp.dtype(dtype).name,
+             "params": models.count_params(train.place(run.fns.init(
+                 run.init_rng, run.data["x"][:1], run.data["mask"][:1])).params)},
+      train=tr, eval=ev, data_pipeline=data_result,
+      matmul={"n": _MATMUL_N.value, "dtype": jnp.dtype(dtype).name, "gflops_per_s": mm},
+      peak_tflops=_PEAK.value or None,
+      devices={"count": jax.device_count(), "kind": jax.devices()[0].device_kind,
+               "platform": jax.default_backend(), "processes": jax.process_count(),
+               "data_parallel_shards": parallel.num_shards()},
+      host={"cpus": os.cpu_count(), "machine": platform.platform(),
+            "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+      versions={"jax": jax.__version__, "python": platform.python_version()},
+  )
+
+  print(f"\n{config.name}: {results['shape'][0]} sequences x {results['shape'][1]} steps x "
+        f"{results['shape'][2]} features ({results['data']}), {results['n_train']} train; "
+        f"width {m.width} depth {m.depth} batch {tr['batch_size']} {results['model']['dtype']} "
+        f"on {jax.device_count()} x {jax.devices()[0].device_kind}")
+  rows = [
+      ("matmul reference", f"{mm:.1f} GFLOP/s ({_MATMUL_N.value}^3, best)"),
+      ("train step FLOPs", f"{tr['flops_per_step_xla'] / 1e9:.2f} G (XLA) / "
+                           f"{tr['flops_per_step_analytic'] / 1e9:.2f} G (analytic matmuls)"),
+      ("train compile", f"{tr['compile_s']:.1f} s"),
+      ("train step", f"{tr['step_ms_best']:.1f} ms best, {tr['step_ms_median']:.1f} ms median"),
+      ("train throughput", f"{tr['seq_per_s']:.1f} seq/s best "
+                           f"({tr['seq_per_s_median']:.1f} median)"),
+      ("train achieved", f"{tr['gflops_per_s']:.1f} GFLOP/s = "
+                         f"{100 * tr['fraction_of_matmul']:.1f}% of matmul"
+                         + (f", MFU {100 * tr['mfu']:.1f}%" if "mfu" in tr else "")),
+      ("eval throughput", f"{ev['seq_per_s']:.1f} seq/s ({ev['sequences']} val sequences)"),
+      ("load average", f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after "
+                       f"({os.cpu_count()} CPUs)"),
+  ]
+  for name, value in rows:
+    print(f"{name:<20}{value}")
+  if data_result:
+    print(f"\n{'data stage':<18}{'seconds':>10}{'peak RSS MB':>14}")
+    for name, v in data_result["stages"].items():
+      print(f"{name:<18}{v['seconds']:>10.2f}{v['peak_rss_mb']:>14.0f}")
+    print(f"{'total':<18}{data_result['total_s']:>10.2f}{data_result['peak_rss_mb']:>14.0f}")
+  if _OUT.value:
+    pathlib.Path(_OUT.value).write_text(json.dumps(results, indent=2, default=float))
+    logging.info("wrote %s", _OUT.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

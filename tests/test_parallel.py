@@ -1,0 +1,136 @@
+"""Data parallelism: 4 CPU devices train like 1, batch statistics are global, sizes checked.
+
+The multi-device runs happen in subprocesses because the host device count is
+fixed when JAX starts (``--xla_force_host_platform_device_count``).
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from cardiac_jax import parallel
+from cardiac_jax.errors import ConfigError
+
+# Same arithmetic, different summation order (per-device partial sums, then an
+# all-reduce): float32 rounding differences, ~1e-7 in every parameter that has a
+# gradient. The training loss (train mode: batch statistics) agrees to LOSS_RTOL.
+LOSS_RTOL = 1e-5
+PARAM_ATOL = 1e-5
+# Parameters whose exact gradient is zero (a bias feeding only BatchNorms, the
+# key part of the QKV bias) get rounding noise as gradient, which Adam scales
+# to full-size steps: they random-walk differently per summation order. They
+# cannot change train-mode outputs, but the BatchNorm running means track them
+# with a lag, so eval-mode losses differ by ~1e-3 relative after two epochs.
+GRADIENT_FREE = ("['embed']['bias']", "['norm_embed']['bias']", "['qkv']['bias']")
+EVAL_LOSS_RTOL = 5e-3
+
+_TRAIN = textwrap.dedent("""
+    import json, sys, jax, numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_train import synthetic_dataset, tiny_config
+    from cardiac_jax import train
+    config = tiny_config(num_epochs=2, batch_size=16)
+    config.model.norm = "batch"
+    out = train.train_and_evaluate(config, {workdir!r}, dataset=synthetic_dataset())
+    records = train.read_metrics({workdir!r} + "/metrics.jsonl")
+    from cardiac_jax import checkpoint
+    run = train.build_run(config, synthetic_dataset())
+    with checkpoint.Checkpointer({workdir!r}, 3) as ckpt:
+      state, _ = ckpt.restore_latest(run.abstract_state)
+    np.savez({workdir!r} + "/params.npz", **{{jax.tree_util.keystr(k): np.asarray(v)
+             for k, v in jax.tree_util.tree_leaves_with_path(state.params)}})
+    print("RESULT" + json.dumps({{
+        "devices": jax.device_count(),
+        "train_loss_running": [r["train_loss_running"] for r in records],
+        "val_loss": [r["val_loss"] for r in records],
+        "test_acc": out["test_acc"]}}))
+""")
+
+_BATCH_STATS = textwrap.dedent("""
+    import json, jax, jax.numpy as jnp, numpy as np
+    from cardiac_jax import models, parallel
+    model = models.SequenceClassifier(num_classes=3, length=6, width=8, depth=1, num_heads=2,
+                                      mlp_ratio=2, dropout_rates=(0.0,), norm="batch")
+    rng = np.random.default_rng(0)
+    # Each device's quarter has a different mean, so per-shard statistics would differ.
+    x = (rng.normal(size=(8, 6, 5)) + np.repeat(np.arange(4.0), 2)[:, None, None] * 3
+         ).astype(np.float32)
+    mask = np.ones((8, 6), np.float32); mask[1, 3:] = 0
+    variables = model.init(jax.random.key(0), x, mask, train=False)
+    def stats(v, x, mask):
+      return model.apply(v, x, mask, train=True, mutable=["batch_stats"])[1]
+    rep, batch = parallel.replicated(), parallel.batch_sharding()
+    f = jax.jit(stats, in_shardings=(rep, batch, batch))
+    sharded = f(jax.device_put(variables, rep), jax.device_put(x, batch), jax.device_put(mask, batch))
+    single = jax.jit(stats, device=jax.devices()[0])(variables, x, mask)
+    err = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+              for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single)))
+    print("RESULT" + json.dumps({"devices": jax.device_count(), "max_abs_diff": err,
+                                 "mean": np.asarray(sharded["batch_stats"]["norm_embed"]["mean"]).tolist()}))
+""")
+
+
+def _run(script: str, devices: int) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                        text=True, timeout=240)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
+  return json.loads(line[len("RESULT"):])
+
+
+def test_four_devices_train_like_one(tmp_path):
+  tests = os.path.dirname(os.path.abspath(__file__))
+  results = {}
+  for devices in (1, 4):
+    script = _TRAIN.format(tests=tests, workdir=str(tmp_path / f"d{devices}"))
+    results[devices] = _run(script, devices)
+    assert results[devices]["devices"] == devices
+  one, four = results[1], results[4]
+  assert len(one["train_loss_running"]) == 2
+  np.testing.assert_allclose(four["train_loss_running"], one["train_loss_running"],
+                             rtol=LOSS_RTOL)
+  np.testing.assert_allclose(four["val_loss"], one["val_loss"], rtol=EVAL_LOSS_RTOL)
+  p1, p4 = (np.load(tmp_path / f"d{d}" / "params.npz") for d in (1, 4))
+  checked = [k for k in p1.files if not k.endswith(GRADIENT_FREE)]
+  assert len(checked) > len(p1.files) // 2
+  for k in checked:
+    np.testing.assert_allclose(p4[k], p1[k], atol=PARAM_ATOL, err_msg=k)
+
+
+def test_batch_norm_statistics_are_global():
+  """Sharded over 4 devices, BatchNorm's update uses the mean of the whole batch."""
+  out = _run(_BATCH_STATS, 4)
+  assert out["devices"] == 4
+  assert out["max_abs_diff"] < 1e-5
+
+
+def test_batch_size_must_divide_over_devices():
+  mesh = parallel.data_mesh()
+  n = parallel.num_shards(mesh)
+  parallel.check_divisible(8 * n, "train.batch_size", mesh)
+  if n == 1:   # the test process has one CPU device; check the message with a fake count
+    with pytest.raises(ConfigError, match=r"train.batch_size=30 .* 4 devices.*32 or 28"):
+      _check_with(4, 30)
+  assert parallel.round_up(5, mesh) % n == 0
+
+
+def _check_with(n: int, size: int) -> None:
+  class _Mesh:
+    shape = {parallel.DATA_AXIS: n}
+  parallel.check_divisible(size, "train.batch_size", _Mesh())
+
+
+def test_no_coordinator_is_a_no_op(monkeypatch):
+  monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+  assert parallel.maybe_initialize_distributed() is False
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1234")
+  monkeypatch.delenv("JAX_NUM_PROCESSES", raising=False)
+  monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
+  with pytest.raises(ConfigError, match="JAX_NUM_PROCESSES"):
+    parallel.maybe_initialize_distributed()
