@@ -104,8 +104,6 @@ def check_compatible(stored: dict[str, Any], current: dict[str, Any], workdir: s
         f"{', '.join(f[:-1] + '.*' if f.endswith('.') else f for f in RESUMABLE_FIELDS)}.")
 
 
-# Kept as a name here for callers that still use ``checkpoint.atomic_write_text``.
-atomic_write_text = fileio.atomic_write_text
 
 
 def read_config_file(workdir: str) -> dict[str, Any] | None:

@@ -19,6 +19,7 @@ from absl import logging
 from ml_collections import config_flags
 
 from cardiac_jax import config_lib
+from cardiac_jax import parallel
 from cardiac_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -86,6 +87,7 @@ def _field_paths(d: dict, prefix: str = "") -> list[str]:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  parallel.maybe_initialize_distributed()   # multi-host only when JAX_COORDINATOR_* is set
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join("runs", config.name)

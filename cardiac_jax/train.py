@@ -34,6 +34,7 @@ import optax
 import tqdm
 
 from cardiac_jax import checkpoint as checkpoint_lib
+from cardiac_jax import fileio
 from cardiac_jax import models
 from cardiac_jax import monitor
 from cardiac_jax import optim
@@ -41,9 +42,10 @@ from cardiac_jax import parallel
 from cardiac_jax import report as report_lib
 from cardiac_jax import scaling
 from cardiac_jax import schedules as schedules_lib
+from cardiac_jax.data import splits as splits_lib
 
 METRICS_FILE = "metrics.jsonl"
-SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+SPLIT_IDS = {name: i for i, name in enumerate(splits_lib.SPLITS)}
 
 
 @flax.struct.dataclass
@@ -344,7 +346,7 @@ def truncate_metrics(path: str, last_epoch: int) -> list[dict[str, Any]]:
   """Keeps only records of epochs <= ``last_epoch`` (a resume must not duplicate them)."""
   records = [r for r in read_metrics(path) if r["epoch"] <= last_epoch]
   if os.path.exists(path):
-    checkpoint_lib.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    fileio.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
   return records
 
 
@@ -455,7 +457,7 @@ def _epoch_record(run: Run, epoch: int, state: TrainState, sums: dict[str, Any],
                   seconds: float) -> dict[str, Any]:
   mon = run.config.monitor
   count = max(float(sums["count"]), 1.0)
-  acc_gap = train_eval["acc"] - val_eval["acc"]
+  gaps = monitor.gaps(train_eval["acc"], val_eval["acc"], train_eval["loss"], val_eval["loss"])
   return {
       "epoch": epoch,
       "step": int(jax.device_get(state.step)),
@@ -468,9 +470,9 @@ def _epoch_record(run: Run, epoch: int, state: TrainState, sums: dict[str, Any],
       "train_acc_running": float(sums["correct"]) / count,
       "val_loss": val_eval["loss"],
       "val_acc": val_eval["acc"],
-      "acc_gap": acc_gap,
-      "loss_gap": val_eval["loss"] - train_eval["loss"],
-      "overfitting": monitor.overfitting_level(acc_gap, mon.moderate_gap, mon.significant_gap),
+      **gaps,
+      "overfitting": monitor.overfitting_level(gaps["acc_gap"], mon.moderate_gap,
+                                               mon.significant_gap),
       "seconds": seconds,
   }
 
