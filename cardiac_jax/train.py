@@ -311,26 +311,37 @@ def eval_chunks(positions: np.ndarray, chunk_size: int) -> list[tuple[jax.Array,
           for i in range(n_chunks)]
 
 
-def evaluate(eval_fn: Callable, state: TrainState, data: dict[str, jax.Array],
-             chunks: list[tuple[jax.Array, jax.Array]], *,
-             with_probs: bool = False) -> dict[str, Any]:
-  """Eval-mode loss/accuracy over a split (and optionally its class probabilities).
-
-  Sums stay on device across chunks; the host fetches them once. Averages are
-  summed loss over count, not means of chunk means.
-  """
+def eval_sums(eval_fn: Callable, state: TrainState, data: dict[str, jax.Array],
+              chunks: list[tuple[jax.Array, jax.Array]], *,
+              with_probs: bool = False) -> tuple[dict[str, jax.Array], list[jax.Array]]:
+  """On-device loss/correct/count sums over a split (and its per-chunk probabilities)."""
   total, probs = None, []
   for idx, weight in chunks:
     sums, p = eval_fn(state, data, idx, weight)
     total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     if with_probs:
       probs.append(p)
-  total = jax.device_get(total)
+  return total, probs
+
+
+def summarise_eval(total: dict[str, Any]) -> dict[str, Any]:
+  """Host-side averages from fetched sums: summed loss over count, not means of means."""
   count = float(total["count"])
-  out = {"loss": float(total["loss"]) / max(count, 1.0),
-         "acc": float(total["correct"]) / max(count, 1.0), "count": int(count)}
+  return {"loss": float(total["loss"]) / max(count, 1.0),
+          "acc": float(total["correct"]) / max(count, 1.0), "count": int(count)}
+
+
+def evaluate(eval_fn: Callable, state: TrainState, data: dict[str, jax.Array],
+             chunks: list[tuple[jax.Array, jax.Array]], *,
+             with_probs: bool = False) -> dict[str, Any]:
+  """Eval-mode loss/accuracy over a split (and optionally its class probabilities).
+
+  Sums stay on device across chunks; the host fetches them once.
+  """
+  total, probs = eval_sums(eval_fn, state, data, chunks, with_probs=with_probs)
+  out = summarise_eval(jax.device_get(total))
   if with_probs:
-    out["probs"] = np.asarray(jax.device_get(jnp.concatenate(probs)))[:int(count)]
+    out["probs"] = np.asarray(jax.device_get(jnp.concatenate(probs)))[:out["count"]]
   return out
 
 
@@ -452,7 +463,7 @@ def _check_resume(run: Run, workdir: str, meta: dict[str, Any] | None) -> None:
                                     f"checkpoint of epoch {meta['epoch']}")
 
 
-def _epoch_record(run: Run, epoch: int, state: TrainState, sums: dict[str, Any],
+def _epoch_record(run: Run, epoch: int, step: int, sums: dict[str, Any],
                   train_eval: dict[str, Any], val_eval: dict[str, Any],
                   seconds: float) -> dict[str, Any]:
   mon = run.config.monitor
@@ -460,7 +471,7 @@ def _epoch_record(run: Run, epoch: int, state: TrainState, sums: dict[str, Any],
   gaps = monitor.gaps(train_eval["acc"], val_eval["acc"], train_eval["loss"], val_eval["loss"])
   return {
       "epoch": epoch,
-      "step": int(jax.device_get(state.step)),
+      "step": step,
       "lr": float(sums["lr"]),
       "label_smoothing": float(sums["label_smoothing"]),
       "weight_decay": float(sums["weight_decay"]),
@@ -485,12 +496,19 @@ def _raise_nonfinite(epoch: int, step: int, what: str) -> None:
 
 
 def _run_epoch(run: Run, state: TrainState, epoch: int) -> tuple[TrainState, dict[str, Any]]:
-  """Trains one epoch (one jitted call, one host fetch)."""
+  """Trains one epoch (one jitted call) and evaluates train and val, with ONE host fetch.
+
+  Returns the state and the fetched {"train_sums", "train_eval", "val_eval", "step"}.
+  """
   order = stratified_order(run.dataset.y[run.train_pos], run.config.train.batch_size,
                            run.config.seed, epoch)
   idx = place_batches(run.train_pos[order].astype(np.int32), batch_axis=1)
   state, sums = run.fns.train_epoch(state, run.data, idx, run.train_rng)
-  return state, jax.device_get(sums)
+  train_total, _ = eval_sums(run.fns.eval_chunk, state, run.data, run.chunks["train"])
+  val_total, _ = eval_sums(run.fns.eval_chunk, state, run.data, run.chunks["val"])
+  fetched = jax.device_get({"train_sums": sums, "train_eval": train_total,
+                            "val_eval": val_total, "step": state.step})
+  return state, fetched
 
 
 def _checkpoint_meta(run: Run, epoch: int, es: monitor.EarlyStopping) -> dict[str, Any]:
@@ -561,16 +579,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if es.should_stop:
           break
         t0 = time.time()
-        state, sums = _run_epoch(run, state, epoch)
+        state, fetched = _run_epoch(run, state, epoch)
+        sums, step = fetched["train_sums"], int(fetched["step"])
         if int(sums["first_bad_step"]) >= 0:
           _raise_nonfinite(epoch, int(sums["first_bad_step"]), "training loss")
-        train_eval = evaluate(run.fns.eval_chunk, state, run.data, run.chunks["train"])
-        val_eval = evaluate(run.fns.eval_chunk, state, run.data, run.chunks["val"])
+        train_eval = summarise_eval(fetched["train_eval"])
+        val_eval = summarise_eval(fetched["val_eval"])
         for name, ev in (("train", train_eval), ("validation", val_eval)):
           if not math.isfinite(ev["loss"]):
-            _raise_nonfinite(epoch, int(jax.device_get(state.step)) - 1,
-                             f"{name} loss (eval mode)")
-        record = _epoch_record(run, epoch, state, sums, train_eval, val_eval,
+            _raise_nonfinite(epoch, step - 1, f"{name} loss (eval mode)")
+        record = _epoch_record(run, epoch, step, sums, train_eval, val_eval,
                                time.time() - t0)
         es = es.update(record[config.train.early_stopping_metric])
         record["best_epoch"] = es.best_epoch
