@@ -47,6 +47,13 @@ RESUMABLE_FIELDS = (
     "monitor.",  # every monitor.* threshold
 )
 
+# Fields added after runs were already stored, with the value that reproduces
+# the older behaviour: a stored fingerprint without the field means this value,
+# so adding a switch does not orphan existing workdirs.
+ADDED_FIELDS = {
+    "model.input_dropout": 0.0,
+}
+
 
 class CheckpointError(RuntimeError):
   """No usable checkpoint where one was expected."""
@@ -83,7 +90,8 @@ def fingerprint_diff(stored: dict[str, Any], current: dict[str, Any]) -> list[st
   missing = object()
   lines = []
   for key in sorted(set(stored) | set(current)):
-    a, b = stored.get(key, missing), current.get(key, missing)
+    a = stored.get(key, ADDED_FIELDS.get(key, missing))
+    b = current.get(key, missing)
     if a != b:
       fmt = lambda v: "<absent>" if v is missing else repr(v)  # noqa: E731
       lines.append(f"{key}: {fmt(a)} -> {fmt(b)}")

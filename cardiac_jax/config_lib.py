@@ -82,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   model.dropout_min = 0.1                      # first block
   model.dropout_max = 0.3                      # last block
   model.attention_dropout = 0.0
+  model.input_dropout = 0.0                    # on the input features (augmentation)
   model.norm = "batch"                         # "batch" | "layer"
   model.pooling = "mean_last"                  # "mean" | "last" | "mean_last"
   model.dtype = "auto"                         # "auto" | "float32" | "bfloat16"

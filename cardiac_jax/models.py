@@ -185,6 +185,9 @@ class SequenceClassifier(nn.Module):
     dropout_rates: one rate per block (see ``dropout_rates``); the last rate
       is also applied to the pooled summary before the head.
     attention_dropout: dropout on attention weights.
+    input_dropout: dropout on the input features of every step (augmentation:
+      the training paths share cells, so the blocks' dropout alone does not stop
+      the model memorising them).
     norm: "batch" (default; running stats in the "batch_stats" collection) or
       "layer".
     pooling: how the steps become one vector: "mean" over visible steps, "last"
@@ -201,6 +204,7 @@ class SequenceClassifier(nn.Module):
   mlp_ratio: int
   dropout_rates: Sequence[float]
   attention_dropout: float = 0.0
+  input_dropout: float = 0.0
   norm: str = "batch"
   pooling: str = "mean_last"
   dtype: Any = jnp.float32
@@ -219,6 +223,7 @@ class SequenceClassifier(nn.Module):
     token_mask = visible[:, :, None]                          # for BatchNorm stats
     attn_mask = visible[:, None, None, :]                     # (B, 1, 1, L) key padding
 
+    x = Dropout(self.input_dropout, deterministic=not train)(x)
     h = nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32, name="embed")(x)
     h = _norm(self.norm, self.dtype, train, "norm_embed")(h, token_mask)
     pos = self.param("pos_embedding", nn.initializers.normal(0.02),
@@ -262,6 +267,7 @@ def model_from_config(config: ml_collections.ConfigDict, num_classes: int,
       mlp_ratio=m.mlp_ratio,
       dropout_rates=dropout_rates(m.depth, m.dropout_min, m.dropout_max),
       attention_dropout=m.attention_dropout,
+      input_dropout=m.get("input_dropout", 0.0),
       norm=m.norm,
       pooling=m.get("pooling", "mean_last"),
       dtype=resolve_dtype(m.dtype),

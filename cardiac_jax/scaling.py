@@ -69,7 +69,8 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         f"that is a multiple of {m.num_heads}.")
   for name, rate in (("model.dropout_min", m.dropout_min),
                      ("model.dropout_max", m.dropout_max),
-                     ("model.attention_dropout", m.attention_dropout)):
+                     ("model.attention_dropout", m.attention_dropout),
+                     ("model.input_dropout", m.get("input_dropout", 0.0))):
     if not 0.0 <= rate < 1.0:
       raise ConfigError(f"{name}={rate} must be in [0, 1).")
   if m.norm not in models.NORMS:

@@ -103,3 +103,15 @@ def test_config_file_is_written_on_a_fresh_start_only(tmp_path):
   stored = checkpoint_lib.read_config_file(str(tmp_path))
   assert stored["fingerprint"] == fp and stored["config"]["model"]["width"] == 32
   assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+
+
+def test_fields_added_later_match_older_fingerprints_at_their_old_value():
+  """A run stored before ``model.input_dropout`` existed resumes with it at 0, not at 0.2."""
+  config = config_lib.preset("debug")
+  current = checkpoint_lib.fingerprint(config, "k")
+  older = {k: v for k, v in current.items() if k not in checkpoint_lib.ADDED_FIELDS}
+  assert "model.input_dropout" not in older
+  assert checkpoint_lib.fingerprint_diff(older, current) == []
+  config.model.input_dropout = 0.2
+  assert checkpoint_lib.fingerprint_diff(older, checkpoint_lib.fingerprint(config, "k")) == [
+      "model.input_dropout: 0.0 -> 0.2"]

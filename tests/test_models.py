@@ -14,11 +14,11 @@ WIDTH, DEPTH, HEADS, RATIO = 8, 2, 2, 2
 
 
 def _model(norm="layer", dtype=jnp.float32, rates=(0.1, 0.3), attention_dropout=0.0,
-           pooling="mean_last"):
+           pooling="mean_last", input_dropout=0.0):
   return models.SequenceClassifier(
       num_classes=C, length=L, width=WIDTH, depth=DEPTH, num_heads=HEADS,
       mlp_ratio=RATIO, dropout_rates=rates, attention_dropout=attention_dropout,
-      norm=norm, pooling=pooling, dtype=dtype)
+      input_dropout=input_dropout, norm=norm, pooling=pooling, dtype=dtype)
 
 
 def _batch(seed=0):
@@ -162,6 +162,32 @@ def test_train_is_stochastic_eval_deterministic(norm):
   np.testing.assert_array_equal(e1, e2)
   with pytest.raises(Exception, match="dropout"):
     model.apply(variables, x, mask, train=True, mutable=["batch_stats"])
+
+
+def test_input_dropout_is_the_only_noise_when_block_dropout_is_off():
+  x, mask = _batch()
+  quiet = _model("layer", rates=(0.0, 0.0))
+  noisy = _model("layer", rates=(0.0, 0.0), input_dropout=0.5)
+  variables = quiet.init(jax.random.key(0), x, mask, train=False)
+  # Same parameters either way: the switch adds no weights.
+  assert jax.tree.structure(variables) == jax.tree.structure(
+      noisy.init(jax.random.key(0), x, mask, train=False))
+  q1, _ = _apply(quiet, variables, x, mask, True, seed=1)
+  q2, _ = _apply(quiet, variables, x, mask, True, seed=2)
+  np.testing.assert_array_equal(q1, q2)
+  n1, _ = _apply(noisy, variables, x, mask, True, seed=1)
+  n2, _ = _apply(noisy, variables, x, mask, True, seed=2)
+  assert np.abs(np.asarray(n1 - n2)).max() > 1e-4
+  e1, _ = _apply(noisy, variables, x, mask, False)
+  e2, _ = _apply(quiet, variables, x, mask, False)
+  np.testing.assert_array_equal(e1, e2)            # evaluation never drops inputs
+
+
+def test_model_from_config_passes_input_dropout():
+  config = config_lib.preset("debug")
+  config.model.width, config.model.depth = 32, 1
+  config.model.input_dropout = 0.25
+  assert models.model_from_config(config, C, L).input_dropout == 0.25
 
 
 def test_batch_stats_update_in_train_mode_only():

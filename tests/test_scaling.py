@@ -80,6 +80,7 @@ def test_heads_must_divide_width_and_a_fix_is_suggested():
     ("model__dropout_min", -0.1, r"model\.dropout_min"),
     ("model__dropout_max", 1.0, r"model\.dropout_max"),
     ("model__attention_dropout", 1.5, r"model\.attention_dropout"),
+    ("model__input_dropout", 1.0, r"model\.input_dropout"),
     ("model__norm", "group", r"model\.norm"),
     ("model__dtype", "float16", r"model\.dtype"),
 ])
