@@ -323,3 +323,18 @@ def test_group_by_donor_holds_out_whole_lines(tmp_path):
   for d, sp in zip(donors.ravel(), np.repeat(ds.split, ds.length)):
     assert split_of.setdefault(d, sp) == sp, f"donor {d} in two splits"
   assert len(set(split_of.values())) == 3
+
+
+@pytest.mark.parametrize("where, source, path, pattern", [
+    ("cells", "h5ad", "", r"config\.data\.path is empty; set it to the \.h5ad file"),
+    ("cells", "loom", "", r"config\.data\.source must be 'simulator' or 'h5ad', got 'loom'"),
+    ("spots", "h5ad", "", r"config\.data\.spatial\.path is empty; .*spatial\.enabled = False"),
+    ("spots", "csv", "", r"config\.data\.spatial\.source must be .* got 'csv'"),
+])
+def test_unusable_data_sources_name_the_key_and_the_fix(where, source, path, pattern):
+  data = config_lib.preset("debug").data
+  target = data if where == "cells" else data.spatial
+  target.source, target.path = source, path
+  load = dataset_lib.load_cells if where == "cells" else dataset_lib.load_spots
+  with pytest.raises(errors.DataError, match=pattern):
+    load(data)

@@ -21,7 +21,7 @@ import resource
 import sys
 import time
 import zipfile
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from absl import logging
 import numpy as np
@@ -200,37 +200,41 @@ class _Stages:
       self.out[name] = {"seconds": prev["seconds"] + seconds, "peak_rss_mb": peak_mb}
 
 
+def _load_anndata(source: str, path: str, simulate: Callable[[], Any], key: str,
+                  empty_path_fix: str) -> "anndata.AnnData":
+  """``simulate()`` or the h5ad at ``path``, as config.``key``.source says."""
+  if source == "simulator":
+    return simulate()
+  if source == "h5ad":
+    if not path:
+      raise DataError(f"config.{key}.source is 'h5ad' but config.{key}.path is empty; "
+                      f"{empty_path_fix}")
+    from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
+    return ingest.load_h5ad(path)
+  raise DataError(f"config.{key}.source must be 'simulator' or 'h5ad', got {source!r}")
+
+
 def load_cells(data_cfg: Any) -> "anndata.AnnData":
   """The configured single-cell AnnData (simulated or read from config.data.path)."""
-  from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
-  if data_cfg.source == "simulator":
+  def simulate():
     from cardiac_jax.data import simulator  # pylint: disable=g-import-not-at-top
     s = data_cfg.simulator
     return simulator.simulate_cells(n_cells=s.n_cells, n_genes=s.n_genes,
                                     n_donors=s.n_donors, seed=s.seed)
-  if data_cfg.source == "h5ad":
-    if not data_cfg.path:
-      raise DataError("config.data.source is 'h5ad' but config.data.path is empty; set it "
-                      "to the .h5ad file (see cardiac_jax.data.geo for GEO downloads).")
-    return ingest.load_h5ad(data_cfg.path)
-  raise DataError(f"config.data.source must be 'simulator' or 'h5ad', got {data_cfg.source!r}")
+  return _load_anndata(data_cfg.source, data_cfg.path, simulate, "data",
+                       "set it to the .h5ad file (see cardiac_jax.data.geo for GEO downloads).")
 
 
 def load_spots(data_cfg: Any) -> "anndata.AnnData":
   """The configured spatial AnnData (simulated or read from config.data.spatial.path)."""
-  from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
   sp_cfg = data_cfg.spatial
-  if sp_cfg.source == "simulator":
+
+  def simulate():
     from cardiac_jax.data import simulator  # pylint: disable=g-import-not-at-top
     return simulator.simulate_spatial(n_spots=sp_cfg.n_spots, n_genes=data_cfg.simulator.n_genes,
                                       cells_per_spot=sp_cfg.cells_per_spot, seed=sp_cfg.seed)
-  if sp_cfg.source == "h5ad":
-    if not sp_cfg.path:
-      raise DataError("config.data.spatial.source is 'h5ad' but config.data.spatial.path is "
-                      "empty; set it, or set config.data.spatial.enabled = False.")
-    return ingest.load_h5ad(sp_cfg.path)
-  raise DataError(f"config.data.spatial.source must be 'simulator' or 'h5ad', got "
-                  f"{sp_cfg.source!r}")
+  return _load_anndata(sp_cfg.source, sp_cfg.path, simulate, "data.spatial",
+                       "set it, or set config.data.spatial.enabled = False.")
 
 
 def _spatial_plan(labels: np.ndarray, spot_split: np.ndarray, class_names: Sequence[str],
