@@ -33,7 +33,7 @@ from cardiac_jax import report as report_lib
 from cardiac_jax.data import splits as splits_lib
 
 SPLITS = splits_lib.SPLITS
-SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
+SPLIT_IDS = splits_lib.SPLIT_IDS
 FATE_CLASSES = ("CM", "CF")   # the branch at the end of the lineage
 
 # Hyperparameter grids, chosen on validation accuracy.

@@ -59,12 +59,13 @@ class CheckpointError(RuntimeError):
   """No usable checkpoint where one was expected."""
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  """Nested dicts as one ``{"a.b.c": leaf}`` dict (config field paths)."""
   out = {}
   for k, v in d.items():
     key = f"{prefix}{k}"
     if isinstance(v, dict):
-      out.update(_flatten(v, key + "."))
+      out.update(flatten_dict(v, key + "."))
     else:
       out[key] = v
   return out
@@ -80,7 +81,7 @@ def fingerprint(config: ml_collections.ConfigDict, data_key: str) -> dict[str, A
   Normalised through JSON (tuples become lists) so a fingerprint read back
   from disk compares equal to a freshly computed one.
   """
-  flat = {k: v for k, v in _flatten(config.to_dict()).items() if not _resumable(k)}
+  flat = {k: v for k, v in flatten_dict(config.to_dict()).items() if not _resumable(k)}
   flat["data.cache_key"] = data_key
   return json.loads(json.dumps(flat, sort_keys=True, default=str))
 

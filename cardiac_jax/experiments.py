@@ -57,6 +57,7 @@ from cardiac_jax import scaling  # noqa: E402
 from cardiac_jax import train as train_lib  # noqa: E402
 from cardiac_jax.data import dataset as dataset_lib  # noqa: E402
 from cardiac_jax.data import sequences as sequences_lib  # noqa: E402
+from cardiac_jax.data import splits as splits_lib  # noqa: E402
 
 SCALES = tuple(config_lib.SCALES)
 QUICK_DIVISOR = 25     # quick mode: sequences per population / 25 (scale1 -> 40)
@@ -147,10 +148,7 @@ def _prepare(config: ml_collections.ConfigDict, quick: bool,
 def with_data(config: ml_collections.ConfigDict,
               **sequence_fields: Any) -> ml_collections.ConfigDict:
   """A copy with ``config.data.sequences`` fields replaced (horizon, time shuffle)."""
-  config = config.copy_and_resolve_references()
-  for k, v in sequence_fields.items():
-    config.data.sequences[k] = v
-  return config
+  return apply_overrides(config, {f"data.sequences.{k}": v for k, v in sequence_fields.items()})
 
 
 # ---------------------------------------------------------------- runs
@@ -207,8 +205,9 @@ def run_summary(results: Mapping[str, Any], dataset: Any) -> dict[str, Any]:
     out["loss_gap"] = monitor.gaps(results["train_acc"], results["val_acc"],
                                    results["train_loss"], results["val_loss"])["loss_gap"]
   out["sequences"] = int(len(dataset.y))
-  out["train_sequences"] = int(np.sum(np.asarray(dataset.split) == 0))
-  out["test_sequences"] = int(results.get("num_test", np.sum(np.asarray(dataset.split) == 2)))
+  out["train_sequences"] = int(np.sum(np.asarray(dataset.split) == splits_lib.SPLIT_IDS["train"]))
+  out["test_sequences"] = int(results.get(
+      "num_test", np.sum(np.asarray(dataset.split) == splits_lib.SPLIT_IDS["test"])))
   out.update(baselines_lib.fate_metrics(results["confusion"], results["class_names"]))
   return out
 
@@ -424,7 +423,7 @@ def drop_day_feature(dataset: Any) -> Any:
   differentiation), so a model could partly re-sort by them. The data key
   changes so no run of the full data is mistaken for a run of this one.
   """
-  day = int(dataset.meta.get("n_pcs", dataset.num_features - 2))
+  day = baselines_lib.day_column(dataset)
   x = np.array(dataset.x, copy=True)
   x[..., day] = 0.0
   meta = dict(dataset.meta, day_feature_removed=True)
@@ -519,7 +518,7 @@ def run_ablations(config: ml_collections.ConfigDict, workdir_root: str, quick: b
 
   shuffled_cfg = with_data(config, time_shuffle=True)
   model_dir = os.path.abspath(reference_workdir or os.path.join(root, "model"))
-  shuffled_ds = dataset_lib.build_dataset(shuffled_cfg.data)
+  shuffled_ds = dataset_lib.post_process(ds, shuffled_cfg.data)   # the cache is pre-shuffle
   jobs = [("model", config, model_dir, ds),
           ("model_time_shuffled", shuffled_cfg, os.path.join(root, "model_time_shuffled"),
            shuffled_ds)]
@@ -546,7 +545,7 @@ def run_ablations(config: ml_collections.ConfigDict, workdir_root: str, quick: b
                  "val_acc": b["val_acc"], "test_acc": b["test_acc"],
                  "macro_f1": b["macro_f1"], "cm_cf_acc": b["cm_cf_acc"],
                  "description": b["description"], "selected": b["selected"]})
-  n_test = int(np.sum(np.asarray(ds.split) == 2))
+  n_test = int(np.sum(np.asarray(ds.split) == splits_lib.SPLIT_IDS["test"]))
   verdict = ablation_verdict(models["model"], models["model_time_shuffled"], base, n_test,
                              models.get("model_order_blind"))
   result = {"quick": bool(quick), "config_name": config.name, "sequences": int(len(ds.y)),
@@ -618,9 +617,11 @@ def run_early_fate(config: ml_collections.ConfigDict, workdir_root: str,
   config = with_data(_prepare(config, quick, overrides), time_shuffle=False)
   seed = int(config.seed)
 
-  def data_at(f):
+  full = dataset_lib.build_dataset(with_data(config, observed_fraction=1.0).data)
+
+  def data_at(f):   # the cache holds full paths; the horizon is applied after it
     cfg = with_data(config, observed_fraction=f)
-    return cfg, dataset_lib.build_dataset(cfg.data)
+    return cfg, dataset_lib.post_process(full, cfg.data)
 
   base_by_f = {}
   if 1.0 not in fractions:

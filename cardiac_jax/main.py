@@ -18,6 +18,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from cardiac_jax import checkpoint as checkpoint_lib
 from cardiac_jax import config_lib
 from cardiac_jax import parallel
 from cardiac_jax import train
@@ -61,7 +62,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def _unknown_config_field(flag_names: list[str]) -> None:
   """Exits naming the unknown ``config.*`` flags with the closest real field."""
-  known = _field_paths(config_lib.base_config().to_dict())
+  known = list(checkpoint_lib.flatten_dict(config_lib.base_config().to_dict()))
   lines = []
   for name in flag_names:
     path = name[len("config."):]
@@ -75,13 +76,6 @@ def _unknown_config_field(flag_names: list[str]) -> None:
       "\nThe fields are defined in cardiac_jax/config_lib.py; fix the spelling (or add "
       "the field there first).\n")
   sys.exit(2)
-
-
-def _field_paths(d: dict, prefix: str = "") -> list[str]:
-  out = []
-  for k, v in d.items():
-    out += _field_paths(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
-  return out
 
 
 def main(argv) -> None:

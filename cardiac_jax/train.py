@@ -45,7 +45,7 @@ from cardiac_jax import schedules as schedules_lib
 from cardiac_jax.data import splits as splits_lib
 
 METRICS_FILE = "metrics.jsonl"
-SPLIT_IDS = {name: i for i, name in enumerate(splits_lib.SPLITS)}
+SPLIT_IDS = splits_lib.SPLIT_IDS
 
 
 @flax.struct.dataclass
@@ -347,16 +347,14 @@ def evaluate(eval_fn: Callable, state: TrainState, data: dict[str, jax.Array],
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
   """The per-epoch records of ``metrics.jsonl`` (empty if absent)."""
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return report_lib.load_records(path) if os.path.exists(path) else []
 
 
 def truncate_metrics(path: str, last_epoch: int) -> list[dict[str, Any]]:
   """Keeps only records of epochs <= ``last_epoch`` (a resume must not duplicate them)."""
-  records = [r for r in read_metrics(path) if r["epoch"] <= last_epoch]
-  if os.path.exists(path):
+  stored = read_metrics(path)
+  records = [r for r in stored if r["epoch"] <= last_epoch]
+  if len(records) < len(stored):
     fileio.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
   return records
 

@@ -367,14 +367,9 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
   if data_cfg.spatial.enabled and int(seq_cfg.spatial_total) > 0:
     with stage("spatial"):
       spots = ingest.prepare_spots(load_spots(data_cfg), data_cfg, class_names)
-      shared = preprocess.shared_gene_count(pp, spots.gene_names)
-      if shared < int(data_cfg.spatial.min_shared_genes):
-        raise DataError(
-            f"the spatial data shares {shared} of the preprocessor's genes, fewer than "
-            f"config.data.spatial.min_shared_genes = {data_cfg.spatial.min_shared_genes}; "
-            "check that both data sets use the same gene symbols, or lower that threshold.")
-      tiles = splits.spatial_tiles(spots.coords, data_cfg.spatial.tile_size)
+      preprocess.shared_gene_count(pp, spots.gene_names, int(data_cfg.spatial.min_shared_genes))
       spacing = splits.spot_spacing(spots.coords)
+      tiles = splits.spatial_tiles(spots.coords, data_cfg.spatial.tile_size, spacing)
       tiled = splits.split_spots(spots.labels, tiles, fractions, split_cfg.seed)
       spot_split = splits.buffer_spots(spots.coords, tiled, float(data_cfg.spatial.buffer_spacings),
                                        spacing)

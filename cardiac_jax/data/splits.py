@@ -16,6 +16,7 @@ from scipy import spatial as sp_spatial
 from cardiac_jax.data.errors import DataError
 
 SPLITS = ("train", "val", "test")
+SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}   # the values of a split array
 
 # Random restarts of the greedy donor assignment; cheap (donors are few).
 _GROUP_RESTARTS = 32
@@ -242,7 +243,8 @@ def spot_spacing(coords: np.ndarray) -> float:
   return float(np.median(positive))
 
 
-def spatial_tiles(coords: np.ndarray, tile_size: float) -> np.ndarray:
+def spatial_tiles(coords: np.ndarray, tile_size: float,
+                  spacing: float | None = None) -> np.ndarray:
   """Groups spots into square tiles of ``tile_size`` spot spacings per side.
 
   Tiles are the unit of spatial splitting: neighbouring spots are correlated, so
@@ -254,7 +256,7 @@ def spatial_tiles(coords: np.ndarray, tile_size: float) -> np.ndarray:
   if not tile_size > 0:
     raise DataError(f"tile_size must be > 0, got {tile_size}; fix config.data.spatial.tile_size.")
   coords = np.asarray(coords, dtype=np.float64)
-  side = float(tile_size) * spot_spacing(coords)
+  side = float(tile_size) * (spot_spacing(coords) if spacing is None else float(spacing))
   cell = np.floor((coords - coords.min(axis=0)) / side).astype(np.int64)
   _, ids = np.unique(cell, axis=0, return_inverse=True)
   return ids.reshape(-1).astype(np.int64)
