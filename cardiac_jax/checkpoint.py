@@ -52,6 +52,11 @@ RESUMABLE_FIELDS = (
 # so adding a switch does not orphan existing workdirs.
 ADDED_FIELDS = {
     "model.input_dropout": 0.0,
+    "model.feature_noise": 0.0,
+    "model.step_dropout": 0.0,
+    "model.cell_head": False,
+    "model.branch_dropout": 0.0,
+    "train.ramp_epochs": None,
 }
 
 

@@ -188,6 +188,21 @@ class SequenceClassifier(nn.Module):
     input_dropout: dropout on the input features of every step (augmentation:
       the training paths share cells, so the blocks' dropout alone does not stop
       the model memorising them).
+    feature_noise: training-only Gaussian noise on the expression features
+      (every column but the last two, the day and the modality), in units of
+      each feature's standard deviation over the batch's visible steps. Rare
+      populations reuse few anchor cells many times; exact coordinates are then
+      easy to memorise, a neighbourhood of them is not.
+    step_dropout: training-only probability of hiding each visible step other
+      than the last one (attention, norms and pooling all skip it): random
+      sub-paths, so no single context step can be memorised.
+    cell_head: a linear head on the last visible step's features, standardised
+      with running statistics, added to the sequence logits. The model then
+      contains a per-cell logistic regression and the Transformer learns what
+      the path adds to it.
+    branch_dropout: training-only probability of dropping the sequence branch's
+      logits per example (with ``cell_head``), so the cell head must classify
+      on its own and the sequence branch only corrects it.
     norm: "batch" (default; running stats in the "batch_stats" collection) or
       "layer".
     pooling: how the steps become one vector: "mean" over visible steps, "last"
@@ -205,6 +220,10 @@ class SequenceClassifier(nn.Module):
   dropout_rates: Sequence[float]
   attention_dropout: float = 0.0
   input_dropout: float = 0.0
+  feature_noise: float = 0.0
+  step_dropout: float = 0.0
+  cell_head: bool = False
+  branch_dropout: float = 0.0
   norm: str = "batch"
   pooling: str = "mean_last"
   dtype: Any = jnp.float32
@@ -220,9 +239,14 @@ class SequenceClassifier(nn.Module):
       raise ConfigError(f"model.pooling={self.pooling!r} is unknown; choose one of {POOLINGS}.")
     seq_len = x.shape[1]
     visible = mask > 0                                        # (B, L) bool
+    if train and self.step_dropout > 0.0:
+      visible = drop_steps(self.make_rng("dropout"), visible, self.step_dropout)
+    if train and self.feature_noise > 0.0:
+      x = add_feature_noise(self.make_rng("dropout"), x, visible, self.feature_noise)
     token_mask = visible[:, :, None]                          # for BatchNorm stats
     attn_mask = visible[:, None, None, :]                     # (B, 1, 1, L) key padding
 
+    cell_x = pool(x.astype(jnp.float32), visible, "last") if self.cell_head else None
     x = Dropout(self.input_dropout, deterministic=not train)(x)
     h = nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32, name="embed")(x)
     h = _norm(self.norm, self.dtype, train, "norm_embed")(h, token_mask)
@@ -236,8 +260,43 @@ class SequenceClassifier(nn.Module):
 
     pooled = pool(h.astype(jnp.float32), visible, self.pooling)
     pooled = Dropout(self.dropout_rates[-1], deterministic=not train)(pooled)
-    return nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
-                    name="head")(pooled)
+    logits = nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
+                      name="head")(pooled)
+    if not self.cell_head:
+      return logits
+    if train and self.branch_dropout > 0.0:
+      keep = Dropout(self.branch_dropout, name="branch_dropout")(
+          jnp.ones((logits.shape[0], 1), jnp.float32))               # 0 or 1 / (1 - p)
+      logits = logits * keep
+    cell_x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                          use_bias=False, use_scale=False, dtype=jnp.float32,
+                          param_dtype=jnp.float32, name="cell_norm")(cell_x)
+    return logits + nn.Dense(self.num_classes, dtype=jnp.float32, param_dtype=jnp.float32,
+                             name="cell_head")(cell_x)
+
+
+def drop_steps(rng: jax.Array, visible: jax.Array, rate: float) -> jax.Array:
+  """Hides each visible step but the last with probability ``rate`` (random sub-paths)."""
+  length = visible.shape[1]
+  last = length - 1 - jnp.argmax(visible[:, ::-1], axis=1)            # (B,)
+  is_last = jnp.arange(length)[None, :] == last[:, None]
+  keep = jax.random.uniform(rng, visible.shape) >= rate
+  return visible & (keep | is_last)
+
+
+def add_feature_noise(rng: jax.Array, x: jax.Array, visible: jax.Array,
+                      scale: float) -> jax.Array:
+  """Gaussian noise on the expression columns (all but the day and modality), per
+  feature in units of its standard deviation over the batch's visible steps."""
+  n_expr = x.shape[-1] - 2
+  w = visible[..., None].astype(jnp.float32)
+  xf = x.astype(jnp.float32)[..., :n_expr]
+  count = jnp.maximum(jnp.sum(w, axis=(0, 1)), 1.0)
+  mean = jnp.sum(xf * w, axis=(0, 1)) / count
+  std = jnp.sqrt(jnp.sum(jnp.square(xf - mean[None, None]) * w, axis=(0, 1)) / count)
+  noise = jax.random.normal(rng, xf.shape, jnp.float32) * lax.stop_gradient(std[None, None])
+  noise = noise * scale
+  return jnp.asarray(x).at[..., :n_expr].add((noise * w).astype(x.dtype))
 
 
 def pool(h: jax.Array, visible: jax.Array, pooling: str) -> jax.Array:
@@ -268,6 +327,10 @@ def model_from_config(config: ml_collections.ConfigDict, num_classes: int,
       dropout_rates=dropout_rates(m.depth, m.dropout_min, m.dropout_max),
       attention_dropout=m.attention_dropout,
       input_dropout=m.get("input_dropout", 0.0),
+      feature_noise=m.get("feature_noise", 0.0),
+      step_dropout=m.get("step_dropout", 0.0),
+      cell_head=bool(m.get("cell_head", False)),
+      branch_dropout=m.get("branch_dropout", 0.0),
       norm=m.norm,
       pooling=m.get("pooling", "mean_last"),
       dtype=resolve_dtype(m.dtype),

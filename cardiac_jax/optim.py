@@ -32,12 +32,17 @@ def make_schedules(config: ml_collections.ConfigDict, steps_per_epoch: int,
     config: the resolved config (reads ``config.train``).
     steps_per_epoch: from ``schedules.steps_per_epoch`` (the one place for it).
     total_steps: optimizer steps of the whole run; label smoothing and weight
-      decay ramp linearly over it.
+      decay ramp linearly over it, or over ``train.ramp_epochs`` when set (runs
+      that early-stop long before ``num_epochs`` would otherwise never get far
+      along the ramps).
 
   Returns:
     ``Schedules(lr, label_smoothing, weight_decay)``.
   """
   t = config.train
+  ramp_epochs = t.get("ramp_epochs")
+  ramp_steps = (max(1, int(round(ramp_epochs * steps_per_epoch))) if ramp_epochs
+                else total_steps)
   lr = schedules_lib.warm_restart_cosine(
       base_lr=t.learning_rate,
       min_lr=t.min_learning_rate,
@@ -49,9 +54,9 @@ def make_schedules(config: ml_collections.ConfigDict, steps_per_epoch: int,
   return Schedules(
       lr=lr,
       label_smoothing=schedules_lib.linear_schedule(
-          t.label_smoothing_start, t.label_smoothing_end, total_steps),
+          t.label_smoothing_start, t.label_smoothing_end, ramp_steps),
       weight_decay=schedules_lib.linear_schedule(
-          t.weight_decay_start, t.weight_decay_end, total_steps),
+          t.weight_decay_start, t.weight_decay_end, ramp_steps),
   )
 
 

@@ -70,9 +70,13 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   for name, rate in (("model.dropout_min", m.dropout_min),
                      ("model.dropout_max", m.dropout_max),
                      ("model.attention_dropout", m.attention_dropout),
-                     ("model.input_dropout", m.get("input_dropout", 0.0))):
+                     ("model.input_dropout", m.get("input_dropout", 0.0)),
+                     ("model.step_dropout", m.get("step_dropout", 0.0)),
+                     ("model.branch_dropout", m.get("branch_dropout", 0.0))):
     if not 0.0 <= rate < 1.0:
       raise ConfigError(f"{name}={rate} must be in [0, 1).")
+  if m.get("feature_noise", 0.0) < 0.0:
+    raise ConfigError(f"model.feature_noise={m.feature_noise} must be >= 0.")
   if m.norm not in models.NORMS:
     raise ConfigError(f"model.norm={m.norm!r} is unknown; choose one of {models.NORMS}.")
   if m.get("pooling", "mean_last") not in models.POOLINGS:
