@@ -207,14 +207,29 @@ def _select(candidates: Sequence[Any], fit_predict: Callable[[Any], dict[str, np
   return best, best_pred
 
 
+def _full_probs(clf: Any, proba: np.ndarray, n_classes: int) -> np.ndarray:
+  """(N, n_classes) probabilities from a classifier that saw only ``clf.classes_``."""
+  out = np.zeros((proba.shape[0], n_classes), np.float32)
+  out[:, np.asarray(clf.classes_, np.int64)] = proba
+  return out
+
+
+def _predictions(clf: Any, xs: dict[str, np.ndarray], n_classes: int) -> dict[str, np.ndarray]:
+  """Predicted labels per split, and the test split's probabilities under "test_probs"."""
+  pred = {s: clf.predict(xs[s]) for s in SPLITS}
+  pred["test_probs"] = _full_probs(clf, clf.predict_proba(xs["test"]), n_classes)
+  return pred
+
+
 def _logreg(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray],
             seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  n_classes = int(max(int(np.max(v)) for v in ys.values())) + 1
   def fit_predict(c):
     clf = linear_model.LogisticRegression(C=c, max_iter=1000, random_state=seed)
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", sk_exceptions.ConvergenceWarning)
       clf.fit(xs["train"], ys["train"])
-    return {s: clf.predict(xs[s]) for s in SPLITS}
+    return _predictions(clf, xs, n_classes)
   c, pred = _select(LOGREG_C, fit_predict, ys["val"])
   return {"C": c}, pred
 
@@ -224,9 +239,11 @@ def _knn(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray],
   del seed  # deterministic
   ks = sorted({min(k, len(ys["train"])) for k in KNN_K})
 
+  n_classes = int(max(int(np.max(v)) for v in ys.values())) + 1
+
   def fit_predict(k):
     clf = neighbors.KNeighborsClassifier(n_neighbors=k).fit(xs["train"], ys["train"])
-    return {s: clf.predict(xs[s]) for s in SPLITS}
+    return _predictions(clf, xs, n_classes)
   k, pred = _select(ks, fit_predict, ys["val"])
   return {"k": k}, pred
 
@@ -250,6 +267,11 @@ def _hgb(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray],
       if i == best:
         pred[s] = p
         break
+  n_classes = int(max(int(np.max(v)) for v in ys.values())) + 1
+  for i, p in enumerate(clf.staged_predict_proba(xs["test"])):
+    if i == best:
+      pred["test_probs"] = _full_probs(clf, p, n_classes)
+      break
   return {"n_iter": best + 1}, pred
 
 
@@ -259,7 +281,8 @@ _FITTERS = {"logreg_last": ("last", _logreg), "logreg_mean": ("mean", _logreg),
 
 
 def run_baselines(dataset: Any, names: Sequence[str] = BASELINES, seed: int = 0,
-                  max_threads: int | None = MAX_THREADS) -> dict[str, dict[str, Any]]:
+                  max_threads: int | None = MAX_THREADS,
+                  fate_classes: Sequence[str] = FATE_CLASSES) -> dict[str, dict[str, Any]]:
   """Fits and scores the named baselines on a ``SequenceDataset`` (or look-alike).
 
   Args:
@@ -269,21 +292,24 @@ def run_baselines(dataset: Any, names: Sequence[str] = BASELINES, seed: int = 0,
     names: a subset of ``BASELINES``.
     seed: random state of the fitted models.
     max_threads: BLAS / OpenMP thread cap while fitting (None = no cap).
+    fate_classes: the two terminal populations of ``fate_pair_acc`` (the
+      two-class accuracy among their test sequences, ``report.pair_accuracy``).
 
   Returns:
     {name: {"description", "selected" (the hyperparameter chosen on val),
     "train_acc", "val_acc", "test_acc", "train_macro_f1", "val_macro_f1",
     "test_macro_f1", "macro_f1" (test), "per_class_acc" (test),
-    "cm_cf_acc" (test), "val_cm_cf_acc", "seconds"}}.
+    "cm_cf_acc" (test), "val_cm_cf_acc", "fate_pair_acc" (test), "seconds"}}.
   """
   unknown = [n for n in names if n not in BASELINES]
   if unknown:
     raise ValueError(f"unknown baselines {unknown}; choose from {BASELINES}.")
   with threadpoolctl.threadpool_limits(max_threads):
-    return _run_baselines(dataset, names, seed)
+    return _run_baselines(dataset, names, seed, tuple(fate_classes))
 
 
-def _run_baselines(dataset: Any, names: Sequence[str], seed: int) -> dict[str, dict[str, Any]]:
+def _run_baselines(dataset: Any, names: Sequence[str], seed: int,
+                   fate_classes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
   class_names = tuple(dataset.class_names)
   y = np.asarray(dataset.y)
   rows = _split_rows(dataset.split)
@@ -299,6 +325,7 @@ def _run_baselines(dataset: Any, names: Sequence[str], seed: int) -> dict[str, d
       top = int(np.argmax(counts))
       selected = {"class": class_names[top]}
       pred = {s: np.full(len(ys[s]), top, np.int64) for s in SPLITS}
+      pred["test_probs"] = np.tile(counts / counts.sum(), (len(ys["test"]), 1))
     else:
       feat_name, fitter = _FITTERS[name]
       if feat_name not in scaled:
@@ -314,6 +341,8 @@ def _run_baselines(dataset: Any, names: Sequence[str], seed: int) -> dict[str, d
         "per_class_acc": scores["test"]["per_class_acc"],
         "cm_cf_acc": scores["test"]["cm_cf_acc"],
         "val_cm_cf_acc": scores["val"]["cm_cf_acc"],
+        "fate_pair_acc": report_lib.pair_accuracy(ys["test"], pred["test_probs"], class_names,
+                                                  fate_classes),
         "seconds": time.perf_counter() - start,
     }
     logging.info("baseline %s (%s): train %.4f val %.4f test %.4f (%.1fs)", name, selected,

@@ -44,6 +44,7 @@ RESUMABLE_FIELDS = (
     "train.eval_batch_size",
     "train.keep_checkpoints",
     "data.cache_dir",
+    "data.fate_classes",   # scoring only
     "monitor.",  # every monitor.* threshold
 )
 
@@ -57,6 +58,7 @@ ADDED_FIELDS = {
     "model.cell_head": False,
     "model.branch_dropout": 0.0,
     "train.ramp_epochs": None,
+    "data.fate_classes": ["CM", "CF"],
 }
 
 

@@ -30,6 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   data.donor_key = "individual"
   data.classes = POPULATIONS           # order defines the label ids
   data.drop_labels = ("UNK",)
+  data.fate_classes = ("CM", "CF")     # the fate branch scored as a two-class accuracy
   data.time_order = ()                 # () = derived from the labels (day0 < day1 < ...)
   data.cache_dir = ""                  # "" = $CARDIAC_JAX_CACHE or ~/.cache/cardiac_jax
 

@@ -59,6 +59,32 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
   }
 
 
+def pair_accuracy(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
+                  pair: Sequence[str]) -> float | None:
+  """Two-class accuracy among the sequences whose true class is one of ``pair``.
+
+  The prediction is the likelier of the two classes (the other classes' mass is
+  ignored), so chance is 0.5 whatever the rest of the model does: the honest
+  number for a fate branch such as CM vs CF. None when a class of the pair is
+  not a class of the model or has no sequence here.
+  """
+  names = list(class_names)
+  if len(pair) != 2 or any(c not in names for c in pair):
+    return None
+  ids = np.asarray([names.index(c) for c in pair])
+  y_true = np.asarray(y_true)
+  rows = np.isin(y_true, ids)
+  if not rows.any() or not all(np.any(y_true == i) for i in ids):
+    return None
+  picked = ids[np.argmax(np.asarray(probs)[rows][:, ids], axis=1)]
+  return float(np.mean(picked == y_true[rows]))
+
+
+def fate_pair(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The two terminal populations of ``config.data.fate_classes`` (default CM, CF)."""
+  return tuple(config.data.get("fate_classes", ("CM", "CF")))
+
+
 def success_criteria(results: dict[str, Any],
                      monitor_cfg: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
   """The design's pass/fail checks, each with its value and threshold."""
@@ -115,6 +141,9 @@ def summarise(*, config: ml_collections.ConfigDict, evals: dict[str, dict[str, A
       "class_names": list(class_names),
       "per_class": cls["per_class"],
       "confusion": cls["confusion"],
+      "fate_classes": list(fate_pair(config)),
+      "fate_pair_acc": pair_accuracy(y_test, evals["test"]["probs"], class_names,
+                                     fate_pair(config)),
       "config_name": config.name,
   }
   results["criteria"] = success_criteria(results, config.monitor)

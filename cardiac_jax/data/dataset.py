@@ -34,7 +34,8 @@ from cardiac_jax.data.errors import DataError
 # Bump when the code changes what a given config produces; invalidates old caches.
 CODE_VERSION = "sequences-v2"   # v2: spatial buffer, train-chosen classes
 # config.data fields that do not change the cached arrays (applied after the cache).
-_NOT_IN_KEY = ("cache_dir", "sequences.observed_fraction", "sequences.time_shuffle")
+_NOT_IN_KEY = ("cache_dir", "fate_classes", "sequences.observed_fraction",
+               "sequences.time_shuffle")
 # A class is a spatial label only when training promises this many anchor spots
 # in every held-out split (see _spatial_plan).
 MIN_SPATIAL_ANCHORS = 3

@@ -1,0 +1,189 @@
+"""The model against every baseline, over training seeds, on one data set's splits.
+
+  python experiments/seed_benchmark.py --config=configs/scale1.py --seeds=0,1,2 \
+      --workdir=runs/bench/scale1
+  python experiments/seed_benchmark.py --config=configs/scale1.py --seeds=0,1,2 \
+      --horizons=0.5,0.75 --workdir=runs/bench/scale1_fate
+  # a data set of your own (or the external test bed, experiments/external_testbed.py):
+  python experiments/seed_benchmark.py --config=configs/scale1.py --seeds=0,1,2 \
+      --workdir=runs/bench/ext_a --config.data.source=h5ad --config.data.path=ext_a.h5ad \
+      --config.data.population_key=population --config.data.time_key=time \
+      --config.data.donor_key= --config.data.spatial.enabled=false \
+      --config.data.fate_classes="('fateA','fateB')" ...
+  # one table from several benchmarks:
+  python experiments/seed_benchmark.py --combine=runs/bench/scale1,runs/bench/ext_a \
+      --out=docs/results/benchmark
+
+Per horizon (``data.sequences.observed_fraction``) the data set is built once
+(cached), the baselines are fitted once on its splits (they do not depend on the
+training seed), and the model is trained once per seed into
+``<workdir>/f<horizon>/seed<k>`` (a finished run is re-reported, an interrupted
+one resumes). The verdict compares the model's mean test accuracy with the
+baseline that is best on VALIDATION, with the two-standard-error band of a
+difference of two accuracies on this test split; the fate branch is scored as a
+two-class accuracy among its test paths (``report.pair_accuracy``, chance 0.5).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+import numpy as np
+
+from cardiac_jax import baselines as baselines_lib
+from cardiac_jax import fileio
+from cardiac_jax import report as report_lib
+from cardiac_jax import train as train_lib
+from cardiac_jax.data import dataset as dataset_lib
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config (configs/*.py).")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
+_HORIZONS = flags.DEFINE_list("horizons", ["1.0"], "Observed fractions of each path.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and summary.json go.")
+_COMBINE = flags.DEFINE_list("combine", [], "Benchmark workdirs to combine into one table.")
+_OUT = flags.DEFINE_string("out", None, "With --combine: output path without extension.")
+
+SUMMARY = "summary.json"
+_MODEL_KEYS = ("test_acc", "val_acc", "train_acc", "macro_f1", "fate_pair_acc", "acc_gap",
+               "best_epoch", "epochs_run", "wall_seconds")
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+  vals = [v for v in values if v is not None]
+  if not vals:
+    return None, None
+  return float(np.mean(vals)), float(np.std(vals))
+
+
+def se_diff(p: float, n: int) -> float:
+  """Standard error of a difference of two accuracies near ``p`` on ``n`` test items."""
+  return math.sqrt(2.0 * p * (1.0 - p) / max(n, 1))
+
+
+def _schedule_values(workdir: str, best_epoch: int) -> dict[str, float]:
+  records = report_lib.load_records(os.path.join(workdir, "metrics.jsonl"))
+  rec = next((r for r in records if r["epoch"] == best_epoch), {})
+  return {k: rec.get(k) for k in ("label_smoothing", "weight_decay")}
+
+
+def benchmark_horizon(config, horizon: float, seeds: Sequence[int], root: str) -> dict[str, Any]:
+  """Baselines once and the model once per seed, all on one horizon's arrays."""
+  config = config.copy_and_resolve_references()
+  config.data.sequences.observed_fraction = float(horizon)
+  ds = dataset_lib.build_dataset(config.data)
+  pair = report_lib.fate_pair(config)
+  base = baselines_lib.run_baselines(ds, fate_classes=pair)
+  runs = []
+  for seed in seeds:
+    cfg = config.copy_and_resolve_references()
+    cfg.seed = int(seed)
+    workdir = os.path.join(root, f"f{horizon:g}", f"seed{seed}")
+    r = train_lib.train_and_evaluate(cfg, workdir, dataset=ds)
+    run = {k: r.get(k) for k in _MODEL_KEYS}
+    run.update(seed=int(seed), workdir=workdir,
+               criteria={k: v["passed"] for k, v in r["criteria"].items()},
+               at_best_epoch=_schedule_values(workdir, r["best_epoch"]))
+    runs.append(run)
+  model = {k: _mean_std([run[k] for run in runs]) for k in
+           ("test_acc", "val_acc", "train_acc", "macro_f1", "fate_pair_acc", "wall_seconds")}
+  best = baselines_lib.best_on_val(base)
+  n_test = int(np.sum(np.asarray(ds.split) == 2))
+  n_pair = int(np.sum(np.isin(np.asarray(ds.y)[np.asarray(ds.split) == 2],
+                              [list(ds.class_names).index(c) for c in pair
+                               if c in ds.class_names])))
+  diff = model["test_acc"][0] - base[best]["test_acc"]
+  band = 2.0 * se_diff(base[best]["test_acc"], n_test)
+  out = {"horizon": float(horizon), "seeds": [int(s) for s in seeds], "n_test": n_test,
+         "fate_classes": list(pair), "n_test_fate": n_pair, "model": model, "runs": runs,
+         "baselines": {k: {m: v.get(m) for m in ("val_acc", "test_acc", "macro_f1",
+                                                 "fate_pair_acc", "selected")}
+                       for k, v in base.items()},
+         "best_baseline": best, "diff_vs_best": diff, "two_se": band,
+         "verdict": ("beats" if diff > band else "at least ties" if diff >= 0 else
+                     "within noise, below" if diff > -band else "loses to") +
+                    f" the best baseline ({best})"}
+  if model["fate_pair_acc"][0] is not None and base[best]["fate_pair_acc"] is not None:
+    out["fate_diff_vs_best"] = model["fate_pair_acc"][0] - base[best]["fate_pair_acc"]
+    out["fate_two_se"] = 2.0 * se_diff(base[best]["fate_pair_acc"], n_pair)
+  return out
+
+
+def _fmt(ms: tuple[float | None, float | None] | float | None, d: int = 3) -> str:
+  if isinstance(ms, (tuple, list)):
+    m, s = ms
+    return "–" if m is None else f"{m:.{d}f} ± {s:.{d}f}"
+  return "–" if ms is None else f"{ms:.{d}f}"
+
+
+def markdown(summaries: dict[str, dict[str, Any]]) -> str:
+  """One table row per (data set, horizon); the seeds' mean ± std for the model."""
+  lines = ["| data set | f | model test | model macro-F1 | best baseline (on val) | its test "
+           "| logreg last | HGB pooled | diff (2 SE) | model fate 2-class | baseline fate "
+           "2-class (2 SE) | verdict |", "|" + "---|" * 12]
+  for name, summary in summaries.items():
+    for h in summary["horizons"]:
+      b = h["baselines"]
+      best = h["best_baseline"]
+      lines.append(
+          f"| {name} | {h['horizon']:g} | {_fmt(h['model']['test_acc'])} | "
+          f"{_fmt(h['model']['macro_f1'])} | {best} | {_fmt(b[best]['test_acc'])} | "
+          f"{_fmt(b['logreg_last']['test_acc'])} | {_fmt(b['hgb_summary']['test_acc'])} | "
+          f"{h['diff_vs_best']:+.3f} (±{h['two_se']:.3f}) | "
+          f"{_fmt(h['model']['fate_pair_acc'])} | {_fmt(b[best]['fate_pair_acc'])}"
+          f"{' (±%.3f)' % h['fate_two_se'] if 'fate_two_se' in h else ''} | {h['verdict']} |")
+  lines += ["", "Per run (criteria: test > 0.75, train − val gap < 0.05, val ≥ train; label "
+            "smoothing and weight decay at the best epoch):", "",
+            "| data set | f | seed | test | val | train | gap | best / run epochs | ls | wd | "
+            "wall s | test>0.75 | gap<0.05 | val≥train |", "|" + "---|" * 14]
+  for name, summary in summaries.items():
+    for h in summary["horizons"]:
+      for r in h["runs"]:
+        c = r["criteria"]
+        yn = lambda k: "pass" if c.get(k) else "FAIL"  # noqa: E731
+        lines.append(
+            f"| {name} | {h['horizon']:g} | {r['seed']} | {r['test_acc']:.3f} | "
+            f"{r['val_acc']:.3f} | {r['train_acc']:.3f} | {r['acc_gap']:+.3f} | "
+            f"{r['best_epoch']} / {r['epochs_run']} | "
+            f"{_fmt(r['at_best_epoch']['label_smoothing'])} | "
+            f"{_fmt(r['at_best_epoch']['weight_decay'])} | {r['wall_seconds']:.0f} | "
+            f"{yn('test_accuracy')} | {yn('accuracy_gap')} | {yn('val_not_below_train')} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  if _COMBINE.value:
+    if not _OUT.value:
+      raise app.UsageError("--combine needs --out (a path without extension).")
+    summaries = {}
+    for d in _COMBINE.value:
+      with open(os.path.join(d, SUMMARY)) as fh:
+        summaries[os.path.basename(os.path.normpath(d))] = json.load(fh)
+    fileio.atomic_write_text(_OUT.value + ".md", markdown(summaries))
+    fileio.atomic_write_json(_OUT.value + ".json", summaries)
+    print(markdown(summaries))
+    return
+  if _CONFIG.value is None or not _WORKDIR.value:
+    raise app.UsageError("give --config=configs/<name>.py and --workdir (or --combine).")
+  config = _CONFIG.value
+  config.train.progress_bar = False
+  seeds = [int(s) for s in _SEEDS.value]
+  summary = {"config_name": config.name, "data": config.data.to_dict(),
+             "horizons": [benchmark_horizon(config, float(h), seeds, _WORKDIR.value)
+                          for h in _HORIZONS.value]}
+  fileio.atomic_write_json(os.path.join(_WORKDIR.value, SUMMARY), summary)
+  md = markdown({os.path.basename(os.path.normpath(_WORKDIR.value)): summary})
+  fileio.atomic_write_text(os.path.join(_WORKDIR.value, "summary.md"), md)
+  logging.info("wrote %s", os.path.join(_WORKDIR.value, SUMMARY))
+  print(md)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required([])
+  app.run(main)
