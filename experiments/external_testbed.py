@@ -159,10 +159,11 @@ def write_h5ad(adata: Any, out: str | os.PathLike) -> pathlib.Path:
 
 
 def time_ordered_classes(adata: Any) -> tuple[str, ...]:
-  """Populations ordered by the mean time of their cells (ties by name)."""
-  obs = adata.obs
-  mean = obs.groupby(obs[POPULATION_KEY].astype(str), observed=True)[TIME_KEY].mean()
-  return tuple(sorted(mean.index, key=lambda c: (float(mean[c]), c)))
+  """The class list ``data.classes = ()`` derives: by mean time-point index, ties by name."""
+  from cardiac_jax.data import ingest   # pylint: disable=g-import-not-at-top
+  times = adata.obs[TIME_KEY].to_numpy()
+  _, time_index = np.unique(times, return_inverse=True)
+  return ingest.derive_classes(adata.obs[POPULATION_KEY].to_numpy().astype(str), time_index)
 
 
 def overrides(path: str | os.PathLike, classes: Sequence[str] = ()) -> list[str]:
