@@ -27,8 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
   data.counts_layer = ""               # "" = counts in X, else layers[counts_layer]
   data.population_key = "type"
   data.time_key = "diffday"
-  data.donor_key = "individual"
-  data.classes = POPULATIONS           # order defines the label ids
+  data.donor_key = "individual"        # "" (or absent from obs) = no donors
+  data.classes = POPULATIONS           # order defines the label ids; () = all, by mean time
   data.drop_labels = ("UNK",)
   data.time_order = ()                 # () = derived from the labels (day0 < day1 < ...)
   data.cache_dir = ""                  # "" = $CARDIAC_JAX_CACHE or ~/.cache/cardiac_jax
