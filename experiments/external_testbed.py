@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shlex
 from typing import Any, Sequence
 
 from absl import app
@@ -219,7 +220,9 @@ def main(argv):
   table = pd.crosstab(adata.obs[POPULATION_KEY], adata.obs[TIME_KEY], margins=True)
   print(f"wrote {out}: {adata.n_obs} cells x {adata.n_vars} genes\n{table}")
   classes = time_ordered_classes(adata)
-  summary = {"overrides": overrides(out, classes), "classes": list(classes), "n_cells": int(adata.n_obs),
+  summary = {"overrides": overrides(out, classes), "classes": list(classes),
+             "overrides_derived_classes": overrides(out),   # data.classes=(): same list
+             "n_cells": int(adata.n_obs),
              "n_genes": int(adata.n_vars),
              "cells_per_population": {str(k): int(v) for k, v in
                                       adata.obs[POPULATION_KEY].value_counts().items()},
@@ -231,7 +234,8 @@ def main(argv):
   from cardiac_jax import fileio   # pylint: disable=g-import-not-at-top
   config_out = _CONFIG_OUT.value or str(out.with_suffix(".json"))
   fileio.atomic_write_json(config_out, summary)
-  print(f"wrote {config_out}:\n  " + " \\\n  ".join(summary["overrides"]))
+  print(f"wrote {config_out}; run with:\n  python -m cardiac_jax.main --config=configs/scale1.py "
+        + " ".join(shlex.quote(o) for o in summary["overrides"]))
 
 
 if __name__ == "__main__":
