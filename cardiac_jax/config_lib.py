@@ -27,8 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
   data.counts_layer = ""               # "" = counts in X, else layers[counts_layer]
   data.population_key = "type"
   data.time_key = "diffday"
-  data.donor_key = "individual"
-  data.classes = POPULATIONS           # order defines the label ids
+  data.donor_key = "individual"        # "" (or absent from obs) = no donors
+  data.classes = POPULATIONS           # order defines the label ids; () = all, by mean time
   data.drop_labels = ("UNK",)
   data.fate_classes = ("CM", "CF")     # the fate branch scored as a two-class accuracy
   data.time_order = ()                 # () = derived from the labels (day0 < day1 < ...)

@@ -338,3 +338,36 @@ def test_unusable_data_sources_name_the_key_and_the_fix(where, source, path, pat
   load = dataset_lib.load_cells if where == "cells" else dataset_lib.load_spots
   with pytest.raises(errors.DataError, match=pattern):
     load(data)
+
+
+def test_any_h5ad_without_donors_classes_or_day_labels_builds(tmp_path, caplog):
+  """An h5ad with other obs keys, numeric days, no donors and data.classes = ()."""
+  cfg = _tiny(tmp_path)
+  s = cfg.simulator
+  adata = simulator.simulate_cells(s.n_cells, s.n_genes, s.n_donors, s.seed)
+  rename = {"IPSC": "zz_root", "MES": "b_mes", "CMES": "y_cmes", "PROG": "a_prog",
+            "CM": "m_cm", "CF": "c_cf", "UNK": "UNK"}
+  adata.obs["state"] = adata.obs["type"].astype(str).map(rename).to_numpy()
+  adata.obs["day"] = adata.obs["diffday"].astype(str).str.replace("day", "").astype(int)
+  adata.obs = adata.obs[["state", "day"]]
+  path = tmp_path / "any.h5ad"
+  adata.write_h5ad(path)
+  cfg.source, cfg.path = "h5ad", str(path)
+  cfg.population_key, cfg.time_key, cfg.donor_key, cfg.classes = "state", "day", "", ()
+  with caplog.at_level(logging.WARNING):
+    ds = dataset_lib.build_dataset(cfg, cache=False)
+  assert not [r for r in caplog.records if "donor" in r.getMessage()]
+  assert ds.meta["time_labels"] == ["0", "1", "3", "5", "7", "11", "15"]
+  assert set(ds.class_names) == set(rename.values()) - {"UNK"}
+  assert ds.class_names[0] == "zz_root" and list(ds.class_names) == ds.meta["class_names"]
+  assert ds.class_names != tuple(sorted(ds.class_names))
+  # Label ids follow the course: the mean day of each class's anchors rises with its id.
+  day = ds.x[:, -1, cfg.preprocess.n_pcs]
+  means = [day[ds.y == c].mean() for c in range(ds.num_classes)]
+  assert np.all(np.diff(means) >= -0.05), means
+  for split_name in splits.SPLITS:
+    assert set(np.unique(ds.part(split_name).y)) == set(range(ds.num_classes))
+  # Grouping by donor still needs donors, and says how to fix it.
+  cfg.split.group_by_donor = True
+  with pytest.raises(errors.DataError, match="donor_key is empty"):
+    dataset_lib.build_dataset(cfg, cache=False)

@@ -208,3 +208,125 @@ def test_load_h5ad_errors_and_round_trip(tmp_path, adata):
   loaded = ingest.load_h5ad(path)
   assert loaded.shape == adata.shape
   assert (loaded.X != adata.X).nnz == 0
+
+
+def _toy(populations, times, n_genes=6, seed=0):
+  """A tiny raw-count AnnData with the given per-cell population and time columns."""
+  import anndata as ad  # pylint: disable=g-import-not-at-top
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  x = sp.csr_matrix(rng.poisson(2.0, (len(populations), n_genes)).astype(np.int32))
+  obs = pd.DataFrame({"pop": populations, "t": times},
+                     index=[f"c{i}" for i in range(len(populations))])
+  return ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=[f"g{i}" for i in range(n_genes)]))
+
+
+def _toy_cfg(data_cfg, classes=()):
+  data_cfg.population_key, data_cfg.time_key, data_cfg.donor_key = "pop", "t", ""
+  data_cfg.classes, data_cfg.drop_labels = classes, ("junk",)
+  return data_cfg
+
+
+@pytest.mark.parametrize("labels, expected", [
+    (["10", "2", "0", "2"], ("0", "2", "10")),
+    (["1.5", "0.5", "10", "3"], ("0.5", "1.5", "3", "10")),
+    (["-1", "0", "12", "1e1"], ("-1", "0", "1e1", "12")),
+])
+def test_order_time_labels_numeric_order_by_value(labels, expected):
+  assert ingest.order_time_labels(labels) == expected
+  assert ingest.order_time_labels(np.asarray(labels)) == expected
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["0", "late"], "cannot order time labels"),
+    (["1", "1.0"], "parse to the same time"),
+    (["nan", "2"], "cannot order time labels"),
+])
+def test_order_time_labels_numeric_unorderable(labels, message):
+  with pytest.raises(DataError, match=message):
+    ingest.order_time_labels(labels)
+
+
+def test_numeric_time_column_orders_itself(data_cfg):
+  times = np.array([10, 2, 0, 2, 10, 0, 0.5, 0.5])       # a float column: "10.0", "0.5", ...
+  toy = _toy(["a"] * 8, times)
+  cells = ingest.prepare_cells(toy, _toy_cfg(data_cfg))
+  assert cells.time_labels == ("0.0", "0.5", "2.0", "10.0")
+  np.testing.assert_array_equal(np.asarray(cells.time_labels)[cells.time_index].astype(float),
+                                times)
+  ints = _toy(["a"] * 4, np.array([12, 3, 1, 3]))
+  assert ingest.prepare_cells(ints, data_cfg).time_labels == ("1", "3", "12")
+
+
+def test_empty_classes_take_every_population_by_mean_time(data_cfg):
+  # zeta: mean time 0; beta: 1.0 (ties with alpha, broken by name); alpha: 1.0; mid: 1.5;
+  # junk is dropped; the label vocabulary is never sorted by name alone.
+  pops = ["zeta", "zeta", "beta", "beta", "alpha", "alpha", "mid", "mid", "junk"]
+  times = ["0", "0", "0", "2", "1", "1", "1", "2", "0"]
+  toy = _toy(pops, times)
+  cells = ingest.prepare_cells(toy, _toy_cfg(data_cfg))
+  assert cells.class_names == ("zeta", "alpha", "beta", "mid")
+  assert ingest.derive_classes(np.asarray(pops[:-1]), np.asarray(times[:-1]).astype(int)) == \
+      cells.class_names
+  np.testing.assert_array_equal(np.asarray(cells.class_names)[cells.labels], pops[:-1])
+  assert cells.labels.dtype == np.int32
+  # An explicit list still wins and still rejects populations it does not name.
+  assert ingest.prepare_cells(toy, _toy_cfg(data_cfg, ("mid", "alpha", "beta", "zeta"))
+                              ).class_names == ("mid", "alpha", "beta", "zeta")
+  with pytest.raises(DataError, match=r"\['zeta'\] are neither.*classes = \(\)"):
+    ingest.prepare_cells(toy, _toy_cfg(data_cfg, ("mid", "alpha", "beta")))
+  with pytest.raises(DataError, match="repeats a label"):
+    ingest.prepare_cells(toy, _toy_cfg(data_cfg, ("mid", "mid")))
+
+
+def test_empty_classes_with_everything_dropped(data_cfg):
+  toy = _toy(["junk", "junk"], ["0", "1"])
+  with pytest.raises(DataError, match="no cells left after dropping"):
+    ingest.prepare_cells(toy, _toy_cfg(data_cfg))
+
+
+def test_no_donor_column_is_quiet_and_grouping_still_needs_one(adata, data_cfg, caplog):
+  import logging  # pylint: disable=g-import-not-at-top
+  del adata.obs["individual"]
+  for key in ("", "individual"):        # no key at all, or a key the data lacks
+    data_cfg.donor_key = key
+    with caplog.at_level(logging.WARNING):
+      caplog.clear()
+      assert ingest.prepare_cells(adata, data_cfg).donors is None
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+  data_cfg.split.group_by_donor = True
+  with pytest.raises(DataError, match=r"no column 'individual' for the donors"):
+    ingest.prepare_cells(adata, data_cfg)
+  data_cfg.donor_key = ""
+  with pytest.raises(DataError, match=r"donor_key is empty.*group_by_donor = False"):
+    ingest.prepare_cells(adata, data_cfg)
+
+
+def test_external_testbed_writes_a_file_ingest_accepts(tmp_path, data_cfg):
+  """experiments/external_testbed.py (needs the optional `external` extra)."""
+  pytest.importorskip("markovmodus")
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+  script = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "external_testbed.py"
+  spec = importlib.util.spec_from_file_location("external_testbed", script)
+  testbed = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(testbed)
+  tree = testbed.TREES["a"]
+  adata = testbed.simulate_time_course(tree, 120, seed=3, time_points=(1, 4, 10), n_genes=200)
+  path = testbed.write_h5ad(adata, tmp_path / "ext.h5ad")
+  assert [p.name for p in tmp_path.iterdir()] == ["ext.h5ad"]     # no temp file left
+  flags = dict(f.removeprefix("--config.data.").split("=", 1)
+               for f in testbed.overrides(path, testbed.time_ordered_classes(adata)))
+  assert flags["source"] == "h5ad" and flags["path"] == str(path.resolve())
+  assert flags["spatial.enabled"] == "false" and flags["donor_key"] == ""
+  data_cfg.population_key, data_cfg.time_key = flags["population_key"], flags["time_key"]
+  data_cfg.donor_key, data_cfg.classes, data_cfg.drop_labels = "", (), ()
+  loaded = ingest.load_h5ad(path)
+  assert sp.isspmatrix_csr(loaded.X) and np.issubdtype(loaded.X.dtype, np.integer)
+  assert testbed.TIME_KEY in loaded.obs and "individual" not in loaded.obs
+  cells = ingest.prepare_cells(loaded, data_cfg)
+  assert cells.n_cells == 120 and cells.donors is None
+  assert cells.time_labels == ("1", "4", "10")
+  assert cells.class_names[0] == "root"
+  assert set(cells.class_names) <= set(tree["states"])
+  assert cells.class_names == testbed.time_ordered_classes(loaded)

@@ -111,8 +111,9 @@ def order_time_labels(labels: Iterable[Any], explicit: Sequence[str] = ()) -> tu
       need every time point populated check that themselves.
 
   Returns:
-    The ordered labels as strings. Without ``explicit`` they are derived by parsing
-    the number in labels such as "day0", "D3", "3" or "day 11".
+    The ordered labels as strings. Without ``explicit`` they are derived: labels
+    that are all numbers ("0", "2", "10", "0.5", "-1", "1e2") order by value;
+    otherwise the number in labels such as "day0", "D3" or "day 11" is parsed.
   """
   present = np.unique(np.asarray(list(labels) if not isinstance(labels, np.ndarray) else labels)
                       .astype(str)).tolist()
@@ -127,6 +128,26 @@ def order_time_labels(labels: Iterable[Any], explicit: Sequence[str] = ()) -> tu
     return order
   if not len(present):
     raise DataError("no time labels to order; the data holds no cells")
+  values = _numeric_times(present)
+  if values is None:
+    values = _parsed_times(present)
+  if len(np.unique(values)) != len(values):
+    raise DataError(f"cannot order time labels {list(present)}: two labels parse to the same "
+                    "time; set config.data.time_order or harmonise the labels")
+  return tuple(present[i] for i in np.argsort(values, kind="stable"))
+
+
+def _numeric_times(present: Sequence[str]) -> np.ndarray | None:
+  """The labels' values when every label is a finite number (a numeric obs column), else None."""
+  try:
+    values = np.asarray([float(label) for label in present])
+  except ValueError:
+    return None
+  return values if np.isfinite(values).all() else None
+
+
+def _parsed_times(present: Sequence[str]) -> np.ndarray:
+  """The number in each label such as "day11" or "D3"; DataError when one has none."""
   values = []
   for label in present:   # one per distinct label, not per cell
     match = _TIME_LABEL.match(label)
@@ -134,11 +155,7 @@ def order_time_labels(labels: Iterable[Any], explicit: Sequence[str] = ()) -> tu
       raise DataError(f"cannot order time labels {list(present)}; set config.data.time_order "
                       "to the labels in time order")
     values.append(float(match.group(2)))
-  values = np.asarray(values)
-  if len(np.unique(values)) != len(values):
-    raise DataError(f"cannot order time labels {list(present)}: two labels parse to the same "
-                    "time; set config.data.time_order or harmonise the labels")
-  return tuple(present[i] for i in np.argsort(values, kind="stable"))
+  return np.asarray(values)
 
 
 def _obs_column(adata: ad.AnnData, key: str, what: str) -> np.ndarray:
@@ -251,53 +268,86 @@ def _names(index: Any, what: str) -> np.ndarray:
   return names
 
 
+def derive_classes(population: np.ndarray, time_index: np.ndarray) -> tuple[str, ...]:
+  """Every label in ``population``, ordered by its cells' mean time index (ties by name).
+
+  Label ids then follow the course (root first, terminal fates last), which is
+  what the fixed cardiac class list does by hand.
+  """
+  names, inverse = np.unique(np.asarray(population).astype(str), return_inverse=True)
+  mean = (np.bincount(inverse, weights=np.asarray(time_index, np.float64), minlength=names.size)
+          / np.bincount(inverse, minlength=names.size))
+  return tuple(str(names[i]) for i in sorted(range(names.size), key=lambda i: (mean[i], names[i])))
+
+
+def _donors(adata: ad.AnnData, data_cfg: Any) -> np.ndarray | None:
+  """The donor of each cell, or None when the data has none (fine unless grouping by donor)."""
+  donor_key = config_get(data_cfg, "donor_key", "") or ""
+  split_cfg = config_get(data_cfg, "split", None)
+  grouping = split_cfg is not None and bool(config_get(split_cfg, "group_by_donor", False))
+  if donor_key and donor_key in adata.obs.columns:
+    return _obs_column(adata, donor_key, "donors (config.data.donor_key)")
+  if grouping:
+    if not donor_key:
+      raise DataError("config.data.split.group_by_donor is set but config.data.donor_key is "
+                      "empty; set donor_key to the obs column naming each cell's donor, or set "
+                      "group_by_donor = False")
+    _obs_column(adata, donor_key, "donors (config.data.donor_key, needed because "
+                "config.data.split.group_by_donor is set)")
+  if donor_key:
+    logging.info("obs has no donor column %r: no donors, splits are by cell (obs keys: %s); "
+                 "set config.data.donor_key='' to silence this", donor_key,
+                 list(adata.obs.columns))
+  else:
+    logging.info("config.data.donor_key is empty: no donors, splits are by cell")
+  return None
+
+
 def prepare_cells(adata: ad.AnnData, data_cfg: Any) -> Cells:
   """Validates a single-cell AnnData and turns it into `Cells`.
 
   Args:
     adata: cells x genes, raw counts in X or ``layers[data_cfg.counts_layer]``.
     data_cfg: ``config.data`` (counts_layer, population_key, time_key, donor_key,
-      classes, drop_labels, time_order).
+      classes, drop_labels, time_order). ``classes = ()`` takes every population
+      left after ``drop_labels``, so a new data set runs without listing them.
 
   Returns:
-    Cells with the ``drop_labels`` cells removed and labels/time as int32 ids.
+    Cells with the ``drop_labels`` cells removed and labels/time as int32 ids;
+    ``class_names`` is the configured class list, or the derived one (see
+    ``derive_classes``), which the dataset, the model and the report then use.
   """
   classes = tuple(str(c) for c in data_cfg.classes)
   drop = {str(c) for c in data_cfg.drop_labels}
-  if not classes or len(set(classes)) != len(classes):
-    raise DataError(f"config.data.classes {list(classes)} must be non-empty and unique")
+  if len(set(classes)) != len(classes):
+    raise DataError(f"config.data.classes {list(classes)} repeats a label; list each once "
+                    "(or set it to () to take every population present)")
   if set(classes) & drop:
     raise DataError(f"labels {sorted(set(classes) & drop)} are both in config.data.classes and "
                     "config.data.drop_labels; keep them in one")
   population = _obs_column(adata, data_cfg.population_key, "population labels "
                            "(config.data.population_key)")
   times = _obs_column(adata, data_cfg.time_key, "time labels (config.data.time_key)")
-  donor_key = config_get(data_cfg, "donor_key", "")
-  donors = None
-  if donor_key:
-    if donor_key in adata.obs.columns:
-      donors = _obs_column(adata, donor_key, "donors (config.data.donor_key)")
-    else:
-      split_cfg = config_get(data_cfg, "split", None)
-      if split_cfg is not None and config_get(split_cfg, "group_by_donor", False):
-        _obs_column(adata, donor_key, "donors (config.data.donor_key, needed because "
-                    "config.data.split.group_by_donor is set)")
-      logging.warning("obs has no donor column %r; donors unknown (present: %s)", donor_key,
-                      list(adata.obs.columns))
+  donors = _donors(adata, data_cfg)
 
   present = np.unique(population).tolist()
-  unknown = sorted(set(present) - set(classes) - drop)
-  if unknown:
-    raise DataError(f"population labels {unknown} are neither in config.data.classes nor in "
-                    "config.data.drop_labels; add them to one of the two")
   keep = ~np.isin(population, list(drop))
   kept_pop = population[keep]
   kept_present = np.unique(kept_pop).tolist()
-  missing = [c for c in classes if c not in kept_present]
-  if missing:
-    raise DataError(f"configured populations {missing} have no cells; populations present: "
-                    f"{kept_present}; fix config.data.classes or "
-                    "config.data.population_key")
+  if not kept_present:
+    raise DataError(f"no cells left after dropping {sorted(drop)} (populations present: "
+                    f"{present}); shorten config.data.drop_labels")
+  if classes:
+    unknown = sorted(set(present) - set(classes) - drop)
+    if unknown:
+      raise DataError(f"population labels {unknown} are neither in config.data.classes nor in "
+                      "config.data.drop_labels; add them to one of the two (or set "
+                      "config.data.classes = () to take every population present)")
+    missing = [c for c in classes if c not in kept_present]
+    if missing:
+      raise DataError(f"configured populations {missing} have no cells; populations present: "
+                      f"{kept_present}; fix config.data.classes or "
+                      "config.data.population_key")
 
   time_labels = order_time_labels(times[keep], config_get(data_cfg, "time_order", ()))
   time_index = _index_of(times[keep], time_labels)
@@ -306,6 +356,10 @@ def prepare_cells(adata: ad.AnnData, data_cfg: Any) -> Cells:
     empty = [t for t, n in zip(time_labels, per_time) if n == 0]
     raise DataError(f"time points {empty} of config.data.time_order have no cells (after "
                     f"dropping {sorted(drop)}); remove them from config.data.time_order")
+  if not classes:
+    classes = derive_classes(kept_pop, time_index)
+    logging.info("config.data.classes is empty: using every population present, by mean time: "
+                 "%s", list(classes))
 
   layer = config_get(data_cfg, "counts_layer", "")
   matrix = _counts_matrix(adata, layer, "config.data.counts_layer")
