@@ -57,7 +57,7 @@ ADDED_FIELDS = {
     "model.step_dropout": 0.0,
     "model.cell_head": False,
     "model.branch_dropout": 0.0,
-    "train.ramp_epochs": None,
+    "train.ramp_epochs": 0.0,
     "data.fate_classes": ["CM", "CF"],
 }
 

@@ -84,10 +84,10 @@ def base_config() -> ml_collections.ConfigDict:
   model.dropout_max = 0.3                      # last block
   model.attention_dropout = 0.0
   model.input_dropout = 0.0                    # on the input features (augmentation)
-  model.feature_noise = 0.0                    # train-only noise, in feature stds
-  model.step_dropout = 0.0                     # train-only: hide context steps
-  model.cell_head = False                      # + linear head on the last step
-  model.branch_dropout = 0.0                   # train-only: drop the sequence logits
+  model.feature_noise = 0.5                    # train-only noise, in feature stds
+  model.step_dropout = 0.3                     # train-only: hide context steps
+  model.cell_head = True                       # + linear head on the last step
+  model.branch_dropout = 0.5                   # train-only: drop the sequence logits
   model.norm = "batch"                         # "batch" | "layer"
   model.pooling = "mean_last"                  # "mean" | "last" | "mean_last"
   model.dtype = "auto"                         # "auto" | "float32" | "bfloat16"
@@ -111,7 +111,7 @@ def base_config() -> ml_collections.ConfigDict:
   train.label_smoothing_end = 0.045
   train.weight_decay_start = 0.01
   train.weight_decay_end = 0.10
-  train.ramp_epochs = config_dict.placeholder(float)  # None = ramps span num_epochs
+  train.ramp_epochs = 20.0                     # 0 = the ramps span num_epochs
   train.early_stopping_patience = 15
   # val_loss rises as soon as the model grows overconfident on memorised training
   # paths, while val_acc drifts up by hundredths long after; see README "Results".

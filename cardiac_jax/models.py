@@ -199,7 +199,10 @@ class SequenceClassifier(nn.Module):
     cell_head: a linear head on the last visible step's features, standardised
       with running statistics, added to the sequence logits. The model then
       contains a per-cell logistic regression and the Transformer learns what
-      the path adds to it.
+      the path adds to it; in evaluation the sequence logits are scaled by the
+      ``branch_gate`` variable (in "batch_stats"), which is chosen on the
+      validation split after training, so the path counts only as far as it
+      helps on held-out cells.
     branch_dropout: training-only probability of dropping the sequence branch's
       logits per example (with ``cell_head``), so the cell head must classify
       on its own and the sequence branch only corrects it.
@@ -264,6 +267,11 @@ class SequenceClassifier(nn.Module):
                       name="head")(pooled)
     if not self.cell_head:
       return logits
+    # The sequence branch's weight in evaluation, chosen on validation after
+    # training (train.select_branch_gate); 1 until then and always in training.
+    gate = self.variable("batch_stats", "branch_gate", lambda: jnp.ones((), jnp.float32))
+    if not train:
+      logits = logits * gate.value
     if train and self.branch_dropout > 0.0:
       keep = Dropout(self.branch_dropout, name="branch_dropout")(
           jnp.ones((logits.shape[0], 1), jnp.float32))               # 0 or 1 / (1 - p)

@@ -139,7 +139,7 @@ def test_ramp_epochs_finishes_the_regularisation_ramps_early():
   assert float(s.label_smoothing(20)) == pytest.approx(config.train.label_smoothing_end)
   assert float(s.weight_decay(10)) == pytest.approx(
       (config.train.weight_decay_start + config.train.weight_decay_end) / 2)
-  config.train.ramp_epochs = None
+  config.train.ramp_epochs = 0.0
   s = optim.make_schedules(config, steps_per_epoch=10, total_steps=100)
   assert float(s.label_smoothing(50)) == pytest.approx(
       (config.train.label_smoothing_start + config.train.label_smoothing_end) / 2)

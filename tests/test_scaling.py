@@ -4,9 +4,9 @@ import pytest
 from cardiac_jax import config_lib, scaling
 from cardiac_jax.errors import ConfigError
 
-SMALL = dict(width=96, depth=2, batch_size=16, num_epochs=40)
-MEDIUM = dict(width=128, depth=3, batch_size=24, num_epochs=50)
-LARGE = dict(width=160, depth=3, batch_size=32, num_epochs=60)
+SMALL = dict(width=48, depth=2, batch_size=16, num_epochs=40)
+MEDIUM = dict(width=64, depth=2, batch_size=24, num_epochs=40)
+LARGE = dict(width=64, depth=2, batch_size=32, num_epochs=40)
 
 
 @pytest.mark.parametrize("n,expected", [
@@ -26,8 +26,8 @@ def test_negative_count_rejected():
 def test_resolve_fills_none_fields_without_touching_input():
   config = config_lib.base_config()
   resolved = scaling.resolve_config(config, 6_000)
-  assert (resolved.model.width, resolved.model.depth) == (160, 3)
-  assert (resolved.train.batch_size, resolved.train.num_epochs) == (32, 60)
+  assert (resolved.model.width, resolved.model.depth) == (64, 2)
+  assert (resolved.train.batch_size, resolved.train.num_epochs) == (32, 40)
   assert config.model.width is None and config.train.batch_size is None
 
 
