@@ -33,11 +33,11 @@ def test_resolve_fills_none_fields_without_touching_input():
 
 def test_explicit_values_win():
   config = config_lib.base_config()
-  config.model.width = 64
+  config.model.width = 96
   config.train.num_epochs = 7
   resolved = scaling.resolve_config(config, 6_000)
-  assert resolved.model.width == 64 and resolved.train.num_epochs == 7
-  assert resolved.model.depth == 3 and resolved.train.batch_size == 32
+  assert resolved.model.width == 96 and resolved.train.num_epochs == 7
+  assert resolved.model.depth == 2 and resolved.train.batch_size == 32
 
 
 def test_debug_preset_keeps_its_sizes():
