@@ -49,9 +49,10 @@ import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
 
 from cardiac_jax import baselines as baselines_lib  # noqa: E402
-from cardiac_jax import checkpoint as checkpoint_lib  # noqa: E402
+from cardiac_jax import fingerprint as fingerprint_lib  # noqa: E402
 from cardiac_jax import config_lib  # noqa: E402
 from cardiac_jax import fileio  # noqa: E402
+from cardiac_jax import input_pipeline  # noqa: E402
 from cardiac_jax import monitor  # noqa: E402
 from cardiac_jax import scaling  # noqa: E402
 from cardiac_jax import train as train_lib  # noqa: E402
@@ -168,13 +169,12 @@ def finished_report(config: ml_collections.ConfigDict, workdir: str,
   match, so a report of another config or horizon is never mistaken for this one.
   """
   report_path = os.path.join(workdir, "report.json")
-  stored = checkpoint_lib.read_config_file(workdir)
+  stored = fingerprint_lib.read_config_file(workdir)
   if stored is None or not os.path.exists(report_path):
     return None
   resolved = scaling.resolve_config(config, len(dataset.y))
-  # pylint: disable-next=protected-access
-  fp = checkpoint_lib.fingerprint(resolved, train_lib.data_key(dataset))
-  if checkpoint_lib.fingerprint_diff(stored.get("fingerprint", {}), fp):
+  fp = fingerprint_lib.fingerprint(resolved, input_pipeline.data_key(dataset))
+  if fingerprint_lib.fingerprint_diff(stored.get("fingerprint", {}), fp):
     return None
   report = _read_json(report_path)
   if report.get("early_stopped") or report.get("epochs_run", 0) >= resolved.train.num_epochs:

@@ -22,6 +22,7 @@ from sklearn import metrics as skm  # noqa: E402
 from cardiac_jax import fileio  # noqa: E402
 from cardiac_jax import monitor  # noqa: E402
 
+METRICS_FILE = "metrics.jsonl"
 PLOTS = {"curves": "learning_curves.png", "gap": "accuracy_gap.png",
          "confusion": "confusion_matrix.png"}
 Records = Sequence[dict[str, Any]]
@@ -33,6 +34,27 @@ def load_records(metrics: str | os.PathLike | Records) -> list[dict[str, Any]]:
     with open(metrics) as f:
       return [json.loads(line) for line in f if line.strip()]
   return list(metrics)
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+  """The per-epoch records of ``metrics.jsonl`` (empty if absent)."""
+  return load_records(path) if os.path.exists(path) else []
+
+
+def truncate_metrics(path: str, last_epoch: int) -> list[dict[str, Any]]:
+  """Keeps only records of epochs <= ``last_epoch`` (a resume must not duplicate them)."""
+  stored = read_metrics(path)
+  records = [r for r in stored if r["epoch"] <= last_epoch]
+  if len(records) < len(stored):
+    fileio.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+  return records
+
+
+def append_metrics(path: str, record: dict[str, Any]) -> None:
+  """Appends one epoch's record, flushed, so a crash loses at most that epoch."""
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
 
 
 # ---------------------------------------------------------------- numbers

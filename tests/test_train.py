@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 
 from cardiac_jax import checkpoint as checkpoint_lib
+from cardiac_jax import evaluation
+from cardiac_jax import inference
+from cardiac_jax import input_pipeline
+from cardiac_jax import report as report_lib
 from cardiac_jax import config_lib
 from cardiac_jax import train
 from cardiac_jax.data.dataset import SequenceDataset
@@ -74,7 +78,7 @@ def _final_params(workdir, config, dataset):
 
 def test_end_to_end_writes_metrics_report_and_plots(straight_run):
   workdir, results = straight_run
-  records = train.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  records = report_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert [r["epoch"] for r in records] == [1, 2, 3]
   for r in records:
     assert METRIC_KEYS <= set(r), METRIC_KEYS - set(r)
@@ -126,8 +130,8 @@ def test_resume_after_interrupt_matches_straight_run(tmp_path, dataset, straight
   monkeypatch.setattr(train, "_run_epoch", real_run_epoch)
   train.train_and_evaluate(config, workdir, dataset=dataset)
 
-  straight = train.read_metrics(os.path.join(straight_dir, "metrics.jsonl"))
-  resumed = train.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  straight = report_lib.read_metrics(os.path.join(straight_dir, "metrics.jsonl"))
+  resumed = report_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert [r["epoch"] for r in resumed] == [1, 2, 3]          # no duplicates
   for a, b in zip(straight, resumed):
     for key in ("train_loss", "val_loss", "train_loss_running", "lr", "label_smoothing"):
@@ -155,7 +159,7 @@ def test_early_stopping_on_plateau(plateau_run):
   assert results["early_stopped"] is True
   assert results["epochs_run"] == 3                 # patience + 1
   assert results["best_epoch"] == 1
-  assert len(train.read_metrics(os.path.join(workdir, "metrics.jsonl"))) == 3
+  assert len(report_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))) == 3
 
 
 def test_running_loss_uses_smoothing_schedule_and_per_step_dropout(plateau_run, dataset):
@@ -170,7 +174,7 @@ def test_running_loss_uses_smoothing_schedule_and_per_step_dropout(plateau_run, 
   state = run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1])
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   apply = jax.jit(functools.partial(run.model.apply, train=True, mutable=["batch_stats"]))
-  rows = run.train_pos[train.stratified_order(dataset.y[run.train_pos], 16, config.seed, 1)]
+  rows = run.train_pos[input_pipeline.stratified_order(dataset.y[run.train_pos], 16, config.seed, 1)]
 
   def mean_loss(key_for_step, smoothing_for_step):
     total = 0.0
@@ -180,7 +184,7 @@ def test_running_loss_uses_smoothing_schedule_and_per_step_dropout(plateau_run, 
       total += float(jnp.sum(train.cross_entropy(logits, dataset.y[r], smoothing_for_step(s))))
     return total / rows.size
 
-  record = train.read_metrics(os.path.join(workdir, "metrics.jsonl"))[0]
+  record = report_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))[0]
   per_step_key = lambda s: jax.random.fold_in(run.train_rng, s)  # noqa: E731
   expected = mean_loss(per_step_key, run.schedules.label_smoothing)
   assert record["train_loss_running"] == pytest.approx(expected, rel=1e-5)
@@ -228,8 +232,8 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, dataset, straight_run, c
     train.train_and_evaluate(tiny_config(num_epochs=3), workdir, dataset=dataset)
   assert any("unreadable" in r.getMessage() for r in caplog.records)
   # Epoch 3 was retrained from epoch 2 (not skipped) and matches the original.
-  straight = train.read_metrics(os.path.join(straight_run[0], "metrics.jsonl"))
-  records = train.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  straight = report_lib.read_metrics(os.path.join(straight_run[0], "metrics.jsonl"))
+  records = report_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert [r["epoch"] for r in records] == [1, 2, 3]
   assert records[2]["seconds"] != straight[2]["seconds"]
   assert records[2]["val_loss"] == pytest.approx(straight[2]["val_loss"], abs=1e-6)
@@ -242,7 +246,7 @@ def test_evaluate_counts_every_example_once(dataset):
   state = run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1])
   positions = np.flatnonzero(dataset.split == 1)
   for chunk in (7, 32):                             # 32: the run's own chunk size
-    ev = train.evaluate(run.fns.eval_chunk, state, run.data, train.eval_chunks(positions, chunk),
+    ev = evaluation.evaluate(run.fns.eval_chunk, state, run.data, input_pipeline.eval_chunks(positions, chunk),
                         with_probs=True)
     assert ev["count"] == len(positions)
     assert ev["probs"].shape == (len(positions), len(CLASSES))
@@ -255,22 +259,22 @@ def test_evaluate_counts_every_example_once(dataset):
 
 def test_stratified_order_is_balanced_and_deterministic():
   labels = np.repeat(np.arange(3), [60, 30, 15])
-  a = train.stratified_order(labels, 15, seed=0, epoch=1)
+  a = input_pipeline.stratified_order(labels, 15, seed=0, epoch=1)
   assert a.shape == (7, 15)
   assert len(np.unique(a)) == a.size                # no row twice in an epoch
   for batch in a:
     counts = np.bincount(labels[batch], minlength=3)
     np.testing.assert_allclose(counts, [8.57, 4.29, 2.14], atol=1.5)
-  np.testing.assert_array_equal(a, train.stratified_order(labels, 15, seed=0, epoch=1))
-  assert not np.array_equal(a, train.stratified_order(labels, 15, seed=0, epoch=2))
+  np.testing.assert_array_equal(a, input_pipeline.stratified_order(labels, 15, seed=0, epoch=1))
+  assert not np.array_equal(a, input_pipeline.stratified_order(labels, 15, seed=0, epoch=2))
 
 
 def test_restore_best_and_predict_reproduce_the_reported_test_accuracy(straight_run, dataset):
   """The public restore/predict path gives the report's test accuracy back."""
   workdir, _ = straight_run
-  run, state, meta = train.restore_best(tiny_config(num_epochs=3), workdir, dataset=dataset)
+  run, state, meta = inference.restore_best(tiny_config(num_epochs=3), workdir, dataset=dataset)
   test = dataset.part("test")
-  probs = train.predict(run, state, test.x, test.mask)
+  probs = inference.predict(run, state, test.x, test.mask)
   assert probs.shape == (len(test.y), dataset.num_classes)
   np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
   with open(os.path.join(workdir, "report.json")) as f:
