@@ -32,7 +32,8 @@ def make_schedules(config: ml_collections.ConfigDict, steps_per_epoch: int,
     config: the resolved config (reads ``config.train``).
     steps_per_epoch: from ``schedules.steps_per_epoch`` (the one place for it).
     total_steps: optimizer steps of the whole run; label smoothing and weight
-      decay ramp linearly over it.
+      decay ramp linearly over it, and the learning rate joins the restart
+      cycles that reach it.
 
   Returns:
     ``Schedules(lr, label_smoothing, weight_decay)``.
@@ -45,6 +46,7 @@ def make_schedules(config: ml_collections.ConfigDict, steps_per_epoch: int,
       first_cycle_steps=max(1, int(round(t.first_cycle_epochs * steps_per_epoch))),
       cycle_mult=t.cycle_mult,
       cycle_decay=t.cycle_decay,
+      total_steps=total_steps,
   )
   return Schedules(
       lr=lr,
