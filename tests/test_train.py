@@ -22,7 +22,8 @@ from cardiac_jax.errors import ConfigError
 CLASSES = ("IPSC", "MES", "CMES")
 METRIC_KEYS = {"epoch", "step", "lr", "label_smoothing", "weight_decay", "train_loss",
                "train_acc", "train_loss_running", "val_loss", "val_acc", "acc_gap",
-               "loss_gap", "overfitting", "seconds"}
+               "loss_gap", "overfitting", "grad_norm", "update_norm", "param_norm",
+               "seconds"}
 
 
 def synthetic_dataset(n: int = 150, length: int = 8, features: int = 6, seed: int = 0,
@@ -84,6 +85,7 @@ def test_end_to_end_writes_metrics_report_and_plots(straight_run):
     assert METRIC_KEYS <= set(r), METRIC_KEYS - set(r)
     assert r["acc_gap"] == pytest.approx(r["train_acc"] - r["val_acc"])
     assert r["overfitting"] in ("ok", "moderate", "significant")
+    assert 0 < r["update_norm"] < r["param_norm"] and r["grad_norm"] > 0
   # Steps: 3 epochs of floor(n_train / 16) full batches.
   assert records[-1]["step"] == 3 * (records[0]["step"])
   # The classes are separable: the tiny model learns them.
