@@ -74,11 +74,12 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: Any = 0.0) ->
   return optax.softmax_cross_entropy(logits, targets)
 
 
+# The metrics of ``train_step`` that ``train_epoch`` sums over the epoch's steps.
+SUMMED = ("loss", "correct", "count", "grad_norm", "update_norm")
+
+
 def _zero_sums() -> dict[str, jax.Array]:
-  """The epoch's running sums: ``train_epoch`` adds each step's metric of these keys."""
-  return {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.float32),
-          "count": jnp.zeros((), jnp.float32), "grad_norm": jnp.zeros((), jnp.float32),
-          "update_norm": jnp.zeros((), jnp.float32)}
+  return {k: jnp.zeros((), jnp.float32) for k in SUMMED}
 
 
 @functools.partial(jax.jit, static_argnames="model")
