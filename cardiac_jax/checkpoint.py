@@ -9,7 +9,10 @@ two can never disagree. Every step is a ``Composite`` of the array state
 (``StandardSave``/``StandardRestore`` against an abstract target) and JSON
 metadata (epoch, early-stopping state, config fingerprint, data cache key,
 seed). Orbax writes into a temporary directory and renames it, so a crash
-mid-write never leaves a half checkpoint that looks complete.
+mid-write never leaves a half checkpoint that looks complete. That does not
+cover files lost after the rename (deleted, truncated, a partial copy of the
+workdir), so ``restore_latest`` still sets an unreadable newest checkpoint
+aside and resumes from the previous one.
 
 The config fingerprint that every checkpoint's metadata carries lives in
 ``fingerprint.py``; this module knows nothing about configs.

@@ -2,6 +2,7 @@
 
   python -m cardiac_jax.main --config=configs/debug.py --config.train.num_epochs=2
   python -m cardiac_jax.main --config=configs/scale1.py --workdir=runs/s1 --mode=report
+  python -m cardiac_jax.main --config=configs/scale1.py:quick   # the run shrunk to seconds
 
 Rerunning with the same --workdir resumes from its newest checkpoint.
 """

@@ -243,6 +243,7 @@ def _model_and_fns(config: ml_collections.ConfigDict, num_classes: int, length: 
     tx = optim.make_optimizer(config, scheds)
     model = models.model_from_config(config, num_classes, length)
     _COMPILED[key] = (model, scheds, compile_fns(model, tx, scheds))
+  _COMPILED[key] = _COMPILED.pop(key)   # most recently used last: evicted last
   return _COMPILED[key]
 
 
