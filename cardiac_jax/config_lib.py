@@ -1,15 +1,24 @@
-"""The shared base configuration and the named presets (scale1/2/3, debug).
+"""The base configuration every run starts from, and the helpers of configs/.
 
-configs/*.py are thin files over these functions so that notebooks, tests and
-experiments can build the same configs by name without path tricks.
+Each file in ``configs/`` states one run: it starts from ``base_config()`` and
+spells out what differs (data sizes, width, depth, batch size, epochs). Its
+``get_config(arg)`` takes big_vision-style variants: ``configs/scale1.py:quick``
+is the same run shrunk to seconds (``quick``). ``preset(name, arg)`` loads the
+same file in a notebook or test, so there is one definition of each run.
 
 Every field that can change the generated dataset lives under ``config.data`` so
-that the dataset cache key can be derived from it alone.
+that the dataset cache key can be derived from it alone. A new field goes into
+``base_config`` (and, if it changes results, ``fingerprint.ADDED_FIELDS``).
 """
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+
 import ml_collections
 from ml_collections import config_dict
+
+from cardiac_jax.errors import ConfigError
 
 POPULATIONS = ("IPSC", "MES", "CMES", "PROG", "CM", "CF")
 DAYS = ("day0", "day1", "day3", "day5", "day7", "day11", "day15")
@@ -130,33 +139,80 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
-# Sequences per population and spatial sequences of the progressive-scaling design.
-SCALES = {"scale1": (1_000, 500), "scale2": (1_500, 750), "scale3": (2_000, 1_000)}
+SCALES = ("scale1", "scale2", "scale3")   # the progressive-scaling design, configs/<name>.py
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+VARIANTS = ("quick",)
+QUICK_DIVISOR = 25     # quick: sequences per population / 25 (scale1 -> 40, the debug data)
+QUICK_EPOCHS = 2
+QUICK_SUFFIX = "_quick"
 
 
-def preset(name: str) -> ml_collections.ConfigDict:
-  """Returns the named preset: one of SCALES, "debug" or "base"."""
-  config = base_config()
-  config.name = name
-  if name in SCALES:
-    config.data.sequences.per_population, config.data.sequences.spatial_total = SCALES[name]
-  elif name == "debug":
-    # Seconds on a CPU, for tests and notebooks.
-    config.data.simulator.n_cells = 3_000
-    config.data.simulator.n_genes = 400
-    config.data.spatial.n_spots = 600
-    config.data.preprocess.n_hvg = 300
-    config.data.preprocess.n_pcs = 16
-    config.data.sequences.length = 16
-    config.data.sequences.per_population = 40
-    config.data.sequences.spatial_total = 20
-    config.model.width = 32
-    config.model.depth = 1
-    config.train.batch_size = 16
-    config.train.num_epochs = 3
-    config.train.first_cycle_epochs = 2.0
-    config.train.early_stopping_patience = 3
-    config.train.progress_bar = False
-  elif name != "base":
-    raise ValueError(f"unknown preset {name!r}; choose one of {sorted(SCALES) + ['debug', 'base']}")
+def preset(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  """``configs/<name>.py``'s ``get_config(arg)``: what ``--config=configs/<name>.py:arg`` gives."""
+  path = CONFIGS_DIR / f"{name}.py"
+  if not path.is_file():
+    known = sorted(p.stem for p in CONFIGS_DIR.glob("*.py"))
+    raise ValueError(f"unknown preset {name!r}; choose one of {known} (files in {CONFIGS_DIR}).")
+  spec = importlib.util.spec_from_file_location(f"cardiac_jax_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def nominal_sequences(config: ml_collections.ConfigDict) -> int:
+  """Sequences the config asks for (all splits): per class, plus the spatial ones.
+
+  The number ``scaling.adaptive_settings`` brackets; configs/ spell out the
+  sizes of their bracket (tests/test_configs.py checks that they agree).
+  """
+  seq = config.data.sequences
+  spatial = int(seq.spatial_total) if config.data.spatial.enabled else 0
+  return int(seq.per_population) * len(config.data.classes) + spatial
+
+
+def variant(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies the ``get_config`` argument: None or "" = the run itself, "quick" = ``quick``."""
+  if not arg:
+    return config
+  if arg == "quick":
+    return quick(config)
+  raise ConfigError(f"unknown config variant {arg!r}; use one of {VARIANTS} "
+                    "(e.g. --config=configs/scale1.py:quick) or none.")
+
+
+def quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy shrunk to the debug run's sizes, keeping the scale's proportions.
+
+  Sequences per population and spatial sequences are divided by
+  ``QUICK_DIVISOR`` (scale1 -> 40/20, exactly the debug data), so quick runs of
+  scale1/2/3 still differ in size in the same ratio; the model and batch take
+  the debug sizes and training ``QUICK_EPOCHS`` epochs. Everything else stays,
+  and command-line overrides apply after the variant, so
+  ``--config=configs/scale1.py:quick --config.train.num_epochs=12`` trains 12.
+  """
+  config = config.copy_and_resolve_references()
+  debug = preset("debug")
+  seq = config.data.sequences
+  per_population = max(20, int(seq.per_population) // QUICK_DIVISOR)
+  spatial_total = max(10, int(seq.spatial_total) // QUICK_DIVISOR)
+  for section, fields in (
+      ("data.simulator", ("n_cells", "n_genes")),
+      ("data.spatial", ("n_spots",)),
+      ("data.preprocess", ("n_hvg", "n_pcs")),
+      ("data.sequences", ("length",)),
+      ("model", ("width", "depth")),
+      ("train", ("batch_size",))):
+    src, dst = debug, config
+    for part in section.split("."):
+      src, dst = src[part], dst[part]
+    for f in fields:
+      dst[f] = src[f]
+  seq.per_population, seq.spatial_total = per_population, spatial_total
+  config.train.num_epochs = QUICK_EPOCHS
+  config.name += QUICK_SUFFIX
   return config
+
+
+def is_quick(config: ml_collections.ConfigDict) -> bool:
+  """Whether ``config`` is a quick variant (studies label their tables with it)."""
+  return config.name.endswith(QUICK_SUFFIX)

@@ -32,7 +32,6 @@ files are written atomically (``fileio``).
 """
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 import math
@@ -49,9 +48,10 @@ import numpy as np  # noqa: E402
 import tqdm  # noqa: E402
 
 from cardiac_jax import baselines as baselines_lib  # noqa: E402
-from cardiac_jax import checkpoint as checkpoint_lib  # noqa: E402
+from cardiac_jax import fingerprint as fingerprint_lib  # noqa: E402
 from cardiac_jax import config_lib  # noqa: E402
 from cardiac_jax import fileio  # noqa: E402
+from cardiac_jax import input_pipeline  # noqa: E402
 from cardiac_jax import monitor  # noqa: E402
 from cardiac_jax import scaling  # noqa: E402
 from cardiac_jax import train as train_lib  # noqa: E402
@@ -59,9 +59,7 @@ from cardiac_jax.data import dataset as dataset_lib  # noqa: E402
 from cardiac_jax.data import sequences as sequences_lib  # noqa: E402
 from cardiac_jax.data import splits as splits_lib  # noqa: E402
 
-SCALES = tuple(config_lib.SCALES)
-QUICK_DIVISOR = 25     # quick mode: sequences per population / 25 (scale1 -> 40)
-QUICK_EPOCHS = 2
+SCALES = config_lib.SCALES
 # Two-sided ~95% band for a difference of two test accuracies (binomial noise).
 NOISE_SIGMAS = 2.0
 _RUN_KEYS = ("train_acc", "val_acc", "test_acc", "macro_f1", "acc_gap", "loss_gap",
@@ -71,84 +69,15 @@ _RUN_KEYS = ("train_acc", "val_acc", "test_acc", "macro_f1", "acc_gap", "loss_ga
 # ---------------------------------------------------------------- configs
 
 
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-  """``["train.num_epochs=5", "model.norm=layer"]`` -> {dotted key: value}.
-
-  Values are Python literals where they parse as one, else strings.
-  """
-  out = {}
-  for item in items:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-      raise ValueError(f"override {item!r} must look like dotted.key=value, e.g. "
-                       "train.num_epochs=5")
-    try:
-      out[key.strip()] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      out[key.strip()] = value
-  return out
-
-
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: Mapping[str, Any] | None) -> ml_collections.ConfigDict:
-  """A copy of ``config`` with dotted-key overrides applied (unknown keys raise)."""
-  config = config.copy_and_resolve_references()
-  for key, value in (overrides or {}).items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      raise KeyError(f"unknown config field {key!r}; see cardiac_jax/config_lib.py.")
-    node[leaf] = value
-  return config
-
-
-def quick_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A copy shrunk to the debug preset's sizes, keeping the scale's proportions.
-
-  Sequences per population and spatial sequences are divided by
-  ``QUICK_DIVISOR`` (scale1 -> 40/20, exactly the debug preset's data), so
-  quick runs of scale1/2/3 still differ in size in the same ratio. Model width
-  and depth, batch size and epochs take the debug values only where the config
-  leaves them adaptive (None), and nothing else in ``model`` / ``train``
-  changes, so ``--quick --config.train.num_epochs=12`` trains 12 epochs.
-  """
-  config = config.copy_and_resolve_references()
-  debug = config_lib.preset("debug")
-  seq = config.data.sequences
-  per_population = max(20, int(seq.per_population) // QUICK_DIVISOR)
-  spatial_total = max(10, int(seq.spatial_total) // QUICK_DIVISOR)
-  for section, fields in (
-      ("data.simulator", ("n_cells", "n_genes")),
-      ("data.spatial", ("n_spots",)),
-      ("data.preprocess", ("n_hvg", "n_pcs")),
-      ("data.sequences", ("length",))):
-    src, dst = debug, config
-    for part in section.split("."):
-      src, dst = src[part], dst[part]
-    for f in fields:
-      dst[f] = src[f]
-  seq.per_population, seq.spatial_total = per_population, spatial_total
-  for section, field, value in (("model", "width", debug.model.width),
-                                ("model", "depth", debug.model.depth),
-                                ("train", "batch_size", debug.train.batch_size),
-                                ("train", "num_epochs", QUICK_EPOCHS)):
-    if config[section][field] is None:
-      config[section][field] = value
-  return config
-
-
-def _prepare(config: ml_collections.ConfigDict, quick: bool,
-             overrides: Mapping[str, Any] | None) -> ml_collections.ConfigDict:
-  config = quick_config(config) if quick else config.copy_and_resolve_references()
-  return apply_overrides(config, overrides)
-
-
 def with_data(config: ml_collections.ConfigDict,
               **sequence_fields: Any) -> ml_collections.ConfigDict:
   """A copy with ``config.data.sequences`` fields replaced (horizon, time shuffle)."""
-  return apply_overrides(config, {f"data.sequences.{k}": v for k, v in sequence_fields.items()})
+  config = config.copy_and_resolve_references()
+  for key, value in sequence_fields.items():
+    if key not in config.data.sequences:
+      raise KeyError(f"unknown config field data.sequences.{key}; see cardiac_jax/config_lib.py.")
+    config.data.sequences[key] = value
+  return config
 
 
 # ---------------------------------------------------------------- runs
@@ -168,13 +97,12 @@ def finished_report(config: ml_collections.ConfigDict, workdir: str,
   match, so a report of another config or horizon is never mistaken for this one.
   """
   report_path = os.path.join(workdir, "report.json")
-  stored = checkpoint_lib.read_config_file(workdir)
+  stored = fingerprint_lib.read_config_file(workdir)
   if stored is None or not os.path.exists(report_path):
     return None
   resolved = scaling.resolve_config(config, len(dataset.y))
-  # pylint: disable-next=protected-access
-  fp = checkpoint_lib.fingerprint(resolved, train_lib.data_key(dataset))
-  if checkpoint_lib.fingerprint_diff(stored.get("fingerprint", {}), fp):
+  fp = fingerprint_lib.fingerprint(resolved, input_pipeline.data_key(dataset))
+  if fingerprint_lib.fingerprint_diff(stored.get("fingerprint", {}), fp):
     return None
   report = _read_json(report_path)
   if report.get("early_stopped") or report.get("epochs_run", 0) >= resolved.train.num_epochs:
@@ -273,23 +201,24 @@ def best_scale(per_scale: Mapping[str, Mapping[str, Any]]) -> str:
   return max(ordered, key=lambda s: per_scale[s]["val_acc"])
 
 
-def run_multiscale(scales: Sequence[str] = SCALES, seeds: Sequence[int] = (0,), *,
-                   workdir_root: str, overrides: Mapping[str, Any] | None = None,
-                   quick: bool = False) -> dict[str, Any]:
-  """Trains each scale preset for each seed in ``<root>/<scale>_seed<k>`` and compares.
+def run_multiscale(configs: Mapping[str, ml_collections.ConfigDict],
+                   seeds: Sequence[int] = (0,), *, workdir_root: str) -> dict[str, Any]:
+  """Trains each scale's config for each seed in ``<root>/<scale>_seed<k>`` and compares.
 
   Args:
-    scales: preset names (``config_lib.SCALES``).
+    configs: {scale name: its config}, in table order, e.g.
+      ``{s: config_lib.preset(s) for s in config_lib.SCALES}`` (the
+      ``configs/multiscale.py`` of the script; ``preset(s, "quick")`` for
+      tests and smoke checks).
     seeds: training seeds (config.seed); the data and splits do not change.
     workdir_root: where the runs and multiscale.{md,json,png} go.
-    overrides: dotted-key config overrides applied to every run.
-    quick: shrink every run (``quick_config``) for tests and smoke checks.
 
   Returns:
     {"runs": [per run], "scales": {scale: means / stds over seeds},
     "best_scale_by_val", "test_acc_spread": {"max_minus_min", "std", ...},
     "targets", "files"}.
   """
+  scales = tuple(configs)
   if not scales or not seeds:
     raise ValueError("run_multiscale needs at least one scale and one seed.")
   root = os.path.abspath(workdir_root)
@@ -298,7 +227,7 @@ def run_multiscale(scales: Sequence[str] = SCALES, seeds: Sequence[int] = (0,), 
   datasets: dict[str, Any] = {}
   base = None
   for scale, seed in _progress([(s, k) for s in scales for k in seeds], "multiscale"):
-    config = _prepare(config_lib.preset(scale), quick, overrides)
+    config = configs[scale].copy_and_resolve_references()
     config.seed = int(seed)
     if base is None:
       base = config
@@ -324,7 +253,7 @@ def run_multiscale(scales: Sequence[str] = SCALES, seeds: Sequence[int] = (0,), 
   test = [r["test_acc"] for r in runs]
   mon = base.monitor
   result = {
-      "quick": bool(quick),
+      "quick": config_lib.is_quick(base),
       "scales_order": list(scales),
       "seeds": [int(k) for k in seeds],
       "runs": runs,
@@ -487,19 +416,17 @@ def ablation_verdict(model: Mapping[str, Any], shuffled: Mapping[str, Any],
   return out
 
 
-def run_ablations(config: ml_collections.ConfigDict, workdir_root: str, quick: bool = False, *,
+def run_ablations(config: ml_collections.ConfigDict, workdir_root: str, *,
                   reference_workdir: str | None = None,
-                  overrides: Mapping[str, Any] | None = None,
                   order_blind: bool = True) -> dict[str, Any]:
   """Baselines, the model and the model on time-shuffled sequences, on identical splits.
 
   Args:
-    config: the run's config (e.g. ``config_lib.preset("scale1")``).
+    config: the run's config (e.g. ``config_lib.preset("scale1")``; the
+      ``"quick"`` variant for tests and smoke checks).
     workdir_root: where runs and ablations.{md,json} go.
-    quick: shrink the config (``quick_config``).
     reference_workdir: a workdir holding (or to hold) the normal model's run of
       this config; reused when finished. Default ``<root>/model``.
-    overrides: dotted-key config overrides.
     order_blind: also train on time-shuffled sequences with the day feature
       zeroed (``drop_day_feature``): the shuffle alone leaves each step's day,
       from which the order can be rebuilt.
@@ -510,7 +437,6 @@ def run_ablations(config: ml_collections.ConfigDict, workdir_root: str, quick: b
   """
   root = os.path.abspath(workdir_root)
   os.makedirs(root, exist_ok=True)
-  config = _prepare(config, quick, overrides)
   config = with_data(config, time_shuffle=False)
   ds = dataset_lib.build_dataset(config.data)
   logging.info("ablations: baselines on %d sequences", len(ds.y))
@@ -548,7 +474,8 @@ def run_ablations(config: ml_collections.ConfigDict, workdir_root: str, quick: b
   n_test = int(np.sum(np.asarray(ds.split) == splits_lib.SPLIT_IDS["test"]))
   verdict = ablation_verdict(models["model"], models["model_time_shuffled"], base, n_test,
                              models.get("model_order_blind"))
-  result = {"quick": bool(quick), "config_name": config.name, "sequences": int(len(ds.y)),
+  result = {"quick": config_lib.is_quick(config), "config_name": config.name,
+            "sequences": int(len(ds.y)),
             "test_sequences": n_test, "rows": rows, "baselines": base, **models,
             "verdict": verdict}
   result["files"] = {"json": os.path.join(root, "ablations.json"),
@@ -586,9 +513,8 @@ def _ablations_md(r: dict[str, Any]) -> str:
 
 
 def run_early_fate(config: ml_collections.ConfigDict, workdir_root: str,
-                   fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0), quick: bool = False,
-                   *, reference_workdir: str | None = None,
-                   overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0), *,
+                   reference_workdir: str | None = None) -> dict[str, Any]:
   """Accuracy against the observed fraction, for the model and the best baseline.
 
   The model and every baseline are trained and evaluated per horizon (see the
@@ -600,9 +526,7 @@ def run_early_fate(config: ml_collections.ConfigDict, workdir_root: str,
     config: the run's config.
     workdir_root: runs go to ``<root>/model_f<f>``; early_fate.{md,json,png}.
     fractions: observed fractions in (0, 1].
-    quick: shrink the config (``quick_config``).
     reference_workdir: workdir of the normal (f = 1.0) run, reused when finished.
-    overrides: dotted-key config overrides.
 
   Returns:
     {"fractions", "rows" (per fraction: model and best baseline accuracy and
@@ -614,7 +538,7 @@ def run_early_fate(config: ml_collections.ConfigDict, workdir_root: str,
     raise ValueError(f"fractions must lie in (0, 1], got {fractions}.")
   root = os.path.abspath(workdir_root)
   os.makedirs(root, exist_ok=True)
-  config = with_data(_prepare(config, quick, overrides), time_shuffle=False)
+  config = with_data(config, time_shuffle=False)
   seed = int(config.seed)
 
   full = dataset_lib.build_dataset(with_data(config, observed_fraction=1.0).data)
@@ -650,7 +574,8 @@ def run_early_fate(config: ml_collections.ConfigDict, workdir_root: str,
     row.update(day_only_test_acc=d["test_acc"], day_only_val_acc=d["val_acc"],
                day_only_cm_cf_acc=d["cm_cf_acc"])
   n_classes = len(config.data.classes)
-  result = {"quick": bool(quick), "config_name": config.name, "fractions": fractions,
+  result = {"quick": config_lib.is_quick(config), "config_name": config.name,
+            "fractions": fractions,
             "protocol": "trained and evaluated per horizon", "best_baseline": best,
             "chance": 1.0 / n_classes, "rows": rows,
             "baselines": {f"{f:.2f}": v for f, v in sorted(base_by_f.items())}}

@@ -2,6 +2,7 @@
 
   python -m cardiac_jax.main --config=configs/debug.py --config.train.num_epochs=2
   python -m cardiac_jax.main --config=configs/scale1.py --workdir=runs/s1 --mode=report
+  python -m cardiac_jax.main --config=configs/scale1.py:quick   # the run shrunk to seconds
 
 Rerunning with the same --workdir resumes from its newest checkpoint.
 """
@@ -18,7 +19,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from cardiac_jax import checkpoint as checkpoint_lib
+from cardiac_jax import fingerprint as fingerprint_lib
+from cardiac_jax import inference
 from cardiac_jax import config_lib
 from cardiac_jax import parallel
 from cardiac_jax import train
@@ -62,7 +64,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def _unknown_config_field(flag_names: list[str]) -> None:
   """Exits naming the unknown ``config.*`` flags with the closest real field."""
-  known = list(checkpoint_lib.flatten_dict(config_lib.base_config().to_dict()))
+  known = list(fingerprint_lib.flatten_dict(config_lib.base_config().to_dict()))
   lines = []
   for name in flag_names:
     path = name[len("config."):]
@@ -87,7 +89,7 @@ def main(argv) -> None:
   workdir = _WORKDIR.value or os.path.join("runs", config.name)
   logging.info("config %s, workdir %s, mode %s", config.name, workdir, _MODE.value)
   if _MODE.value == "report":
-    train.evaluate_and_report(config, workdir)
+    inference.evaluate_and_report(config, workdir)
   else:
     train.train_and_evaluate(config, workdir)
 

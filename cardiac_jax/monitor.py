@@ -11,6 +11,9 @@ import dataclasses
 import math
 from typing import Any
 
+from absl import logging
+import ml_collections
+
 OK, MODERATE, SIGNIFICANT = "ok", "moderate", "significant"
 MODES = ("max", "min")
 # The metric each early-stopping choice watches, and whether larger is better.
@@ -114,3 +117,74 @@ class EarlyStopping:
   def from_dict(cls, d: dict[str, Any]) -> "EarlyStopping":
     fields = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in fields})
+
+
+# ---------------------------------------------------------------- one epoch's record
+
+
+def check_finite(epoch: int, step: int, sums: dict[str, Any], train_eval: dict[str, Any],
+                 val_eval: dict[str, Any]) -> None:
+  """Raises FloatingPointError naming the step when a loss of the epoch is NaN/Inf.
+
+  ``sums["first_bad_step"]`` is the first train step with a non-finite loss
+  (-1 if none); the eval losses are checked at the epoch's last step.
+  """
+  bad = [(int(sums["first_bad_step"]), "training loss")] if sums["first_bad_step"] >= 0 else []
+  bad += [(step - 1, f"{name} loss (eval mode)")
+          for name, ev in (("train", train_eval), ("validation", val_eval))
+          if not math.isfinite(ev["loss"])]
+  if bad:
+    at, what = bad[0]
+    raise FloatingPointError(
+        f"non-finite {what} at epoch {epoch}, optimizer step {at}; stopped without saving "
+        "this epoch. Try a lower --config.train.learning_rate, check the input features "
+        "for NaN/Inf, and use --config.model.dtype=float32.")
+
+
+def epoch_record(*, epoch: int, step: int, sums: dict[str, Any], steps: int,
+                 param_norm: float, train_eval: dict[str, Any], val_eval: dict[str, Any],
+                 seconds: float, monitor_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """One line of ``metrics.jsonl`` from the epoch's fetched sums and eval results.
+
+  Health (big_vision, scenic): ``grad_norm`` (before clipping) and
+  ``update_norm`` are means over the epoch's ``steps``; ``param_norm`` is the
+  global norm of the parameters at the epoch's end.
+  """
+  count = max(float(sums["count"]), 1.0)
+  g = gaps(train_eval["acc"], val_eval["acc"], train_eval["loss"], val_eval["loss"])
+  return {
+      "epoch": epoch,
+      "step": step,
+      "lr": float(sums["lr"]),
+      "label_smoothing": float(sums["label_smoothing"]),
+      "weight_decay": float(sums["weight_decay"]),
+      "train_loss": train_eval["loss"],
+      "train_acc": train_eval["acc"],
+      "train_loss_running": float(sums["loss"]) / count,
+      "train_acc_running": float(sums["correct"]) / count,
+      "val_loss": val_eval["loss"],
+      "val_acc": val_eval["acc"],
+      **g,
+      "overfitting": overfitting_level(g["acc_gap"], monitor_cfg.moderate_gap,
+                                       monitor_cfg.significant_gap),
+      "grad_norm": float(sums["grad_norm"]) / max(steps, 1),
+      "update_norm": float(sums["update_norm"]) / max(steps, 1),
+      "param_norm": float(param_norm),
+      "seconds": seconds,
+  }
+
+
+def log_epoch(r: dict[str, Any], config: ml_collections.ConfigDict) -> None:
+  """One log line per epoch; a warning (with the threshold) when it overfits."""
+  msg = ("epoch %d/%d step %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | "
+         "gap %+.4f (%s) | lr %.2e ls %.3f wd %.3f | |g| %.3f | %.1fs")
+  args = (r["epoch"], config.train.num_epochs, r["step"], r["train_loss"], r["train_acc"],
+          r["val_loss"], r["val_acc"], r["acc_gap"], r["overfitting"], r["lr"],
+          r["label_smoothing"], r["weight_decay"], r["grad_norm"], r["seconds"])
+  if r["overfitting"] == OK:
+    logging.info(msg, *args)
+  else:
+    logging.warning(msg + " -- %s overfitting: train accuracy exceeds validation by more "
+                    "than %.2f", *args, r["overfitting"],
+                    config.monitor.moderate_gap if r["overfitting"] == MODERATE
+                    else config.monitor.significant_gap)

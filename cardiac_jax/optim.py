@@ -34,7 +34,8 @@ def make_schedules(config: ml_collections.ConfigDict, steps_per_epoch: int,
     total_steps: optimizer steps of the whole run; label smoothing and weight
       decay ramp linearly over it, or over ``train.ramp_epochs`` when set (runs
       that early-stop long before ``num_epochs`` would otherwise never get far
-      along the ramps).
+      along the ramps), and the learning rate joins the restart cycles that
+      reach it.
 
   Returns:
     ``Schedules(lr, label_smoothing, weight_decay)``.
@@ -50,6 +51,7 @@ def make_schedules(config: ml_collections.ConfigDict, steps_per_epoch: int,
       first_cycle_steps=max(1, int(round(t.first_cycle_epochs * steps_per_epoch))),
       cycle_mult=t.cycle_mult,
       cycle_decay=t.cycle_decay,
+      total_steps=total_steps,
   )
   return Schedules(
       lr=lr,

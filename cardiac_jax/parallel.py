@@ -109,3 +109,38 @@ def constrain_batch(tree: Any, sharding: NamedSharding | None) -> Any:
   if sharding is None:
     return tree
   return jax.lax.with_sharding_constraint(tree, sharding)
+
+
+def place(tree: Any) -> Any:
+  """Puts a pytree on every device (replicated): the train state and the dataset.
+
+  Each device then gathers its own batch rows locally; only the batches
+  (``place_batches``) are split. Checkpoint restore targets follow
+  (``abstract_like``).
+  """
+  return jax.device_put(tree, replicated())
+
+
+def place_batches(tree: Any, batch_axis: int = 0) -> Any:
+  """Puts index/weight arrays on the devices, split along ``batch_axis``."""
+  return jax.device_put(tree, batch_sharding(batch_axis=batch_axis))
+
+
+def abstract_like(tree: Any) -> Any:
+  """ShapeDtypeStruct tree with the replicated sharding (a restore target)."""
+  sharding = replicated()
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                      tree)
+
+
+def compiler_options() -> dict[str, Any] | None:
+  """XLA options for the epoch scan: on CPU, the concurrency-optimised scheduler.
+
+  It orders independent ops (the backward's weight- and input-gradient
+  matmuls, the forward's dropout masks) so the CPU runtime overlaps them:
+  ~9% faster scale3 steps in alternating A/B runs on a 2-core host. Only the
+  order changes: the epoch's parameters are bitwise identical with it off.
+  """
+  if jax.default_backend() == "cpu":
+    return {"xla_cpu_enable_concurrency_optimized_scheduler": True}
+  return None

@@ -22,6 +22,7 @@ from sklearn import metrics as skm  # noqa: E402
 from cardiac_jax import fileio  # noqa: E402
 from cardiac_jax import monitor  # noqa: E402
 
+METRICS_FILE = "metrics.jsonl"
 PLOTS = {"curves": "learning_curves.png", "gap": "accuracy_gap.png",
          "confusion": "confusion_matrix.png"}
 Records = Sequence[dict[str, Any]]
@@ -33,6 +34,27 @@ def load_records(metrics: str | os.PathLike | Records) -> list[dict[str, Any]]:
     with open(metrics) as f:
       return [json.loads(line) for line in f if line.strip()]
   return list(metrics)
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+  """The per-epoch records of ``metrics.jsonl`` (empty if absent)."""
+  return load_records(path) if os.path.exists(path) else []
+
+
+def truncate_metrics(path: str, last_epoch: int) -> list[dict[str, Any]]:
+  """Keeps only records of epochs <= ``last_epoch`` (a resume must not duplicate them)."""
+  stored = read_metrics(path)
+  records = [r for r in stored if r["epoch"] <= last_epoch]
+  if len(records) < len(stored):
+    fileio.atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+  return records
+
+
+def append_metrics(path: str, record: dict[str, Any]) -> None:
+  """Appends one epoch's record, flushed, so a crash loses at most that epoch."""
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+    f.flush()
 
 
 # ---------------------------------------------------------------- numbers
@@ -194,10 +216,16 @@ def _markdown(results: dict[str, Any]) -> str:
 
 
 def plot_learning_curves(metrics: str | os.PathLike | Records, path: str) -> str:
-  """Loss and accuracy (train vs val) and the lr / smoothing / decay schedules."""
+  """Loss, accuracy (train vs val), the schedules and the training health norms.
+
+  Health (global norms of gradients, updates and parameters) is drawn when the
+  records have it; metrics.jsonl files written before it existed lack it.
+  """
   recs = load_records(metrics)
   ep = [r["epoch"] for r in recs]
-  fig, axes = plt.subplots(1, 3, figsize=(16, 4.2), layout="constrained")
+  health = bool(recs) and all("grad_norm" in r for r in recs)
+  fig, axes = plt.subplots(1, 4 if health else 3, figsize=(21 if health else 16, 4.2),
+                           layout="constrained")
   ax = axes[0]
   ax.plot(ep, [r["train_loss"] for r in recs], "o-", label="train (eval mode)")
   ax.plot(ep, [r["val_loss"] for r in recs], "o-", label="validation")
@@ -220,6 +248,13 @@ def plot_learning_curves(metrics: str | os.PathLike | Records, path: str) -> str
   ax2.set_ylabel("label smoothing / weight decay")
   handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
   ax.legend(handles, [h.get_label() for h in handles])
+  if health:
+    ax = axes[3]
+    for key, label in (("grad_norm", "gradients (mean, before clipping)"),
+                       ("update_norm", "updates (mean)"), ("param_norm", "parameters (end)")):
+      ax.plot(ep, [r[key] for r in recs], "o-", label=label)
+    ax.set(xlabel="epoch", ylabel="global norm", yscale="log", title="Training health")
+    ax.legend()
   for a in axes:
     a.grid(alpha=0.3)
   return str(fileio.save_figure(fig, path))

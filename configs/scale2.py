@@ -1,6 +1,21 @@
-"""The 'scale2' preset (see cardiac_jax/config_lib.py)."""
+"""scale2: 1,500 sequences per population and 750 spatial (9,750 in all).
+
+  python -m cardiac_jax.main --config=configs/scale2.py
+  python -m cardiac_jax.main --config=configs/scale2.py:quick   # debug-sized, seconds
+
+9,750 sequences fall in scaling.py's "large" bracket; the sizes below
+are that bracket's (tests/test_configs.py keeps them in step).
+"""
 from cardiac_jax import config_lib
 
 
-def get_config():
-  return config_lib.preset("scale2")
+def get_config(arg=None):
+  config = config_lib.base_config()
+  config.name = "scale2"
+  config.data.sequences.per_population = 1_500
+  config.data.sequences.spatial_total = 750
+  config.model.width = 64
+  config.model.depth = 2
+  config.train.batch_size = 32
+  config.train.num_epochs = 40
+  return config_lib.variant(config, arg)

@@ -38,6 +38,8 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from cardiac_jax import evaluation
+from cardiac_jax import input_pipeline
 from cardiac_jax import models
 from cardiac_jax import optim
 from cardiac_jax import parallel
@@ -120,8 +122,8 @@ def _epoch_indices(run: train.Run, steps: int) -> np.ndarray:
   labels = run.dataset.y[run.train_pos]
   orders, epoch = [], 1
   while sum(len(o) for o in orders) < steps:
-    orders.append(train.stratified_order(labels, run.config.train.batch_size,
-                                         run.config.seed, epoch))
+    orders.append(input_pipeline.stratified_order(labels, run.config.train.batch_size,
+                                                  run.config.seed, epoch))
     epoch += 1
   return run.train_pos[np.concatenate(orders)[:steps]].astype(np.int32)
 
@@ -130,8 +132,8 @@ def bench_training(run: train.Run, steps: int, repeats: int) -> dict[str, Any]:
   """Compile time, FLOPs and best-of timings of ``steps`` steps in one epoch call."""
   config = run.config
   batch_size = config.train.batch_size
-  state = train.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
-  idx = train.place_batches(_epoch_indices(run, steps), batch_axis=1)
+  state = parallel.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
+  idx = parallel.place_batches(_epoch_indices(run, steps), batch_axis=1)
 
   t0 = time.perf_counter()
   lowered = run.fns.train_epoch.lower(state, run.data, idx, run.train_rng)
@@ -178,15 +180,15 @@ def bench_training(run: train.Run, steps: int, repeats: int) -> dict[str, Any]:
 
 
 def bench_eval(run: train.Run, repeats: int) -> dict[str, Any]:
-  """Eval-mode throughput over the validation split, as ``train.evaluate`` runs it."""
-  state = train.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
+  """Eval-mode throughput over the validation split, as ``evaluation.evaluate`` runs it."""
+  state = parallel.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
   chunks = run.chunks["val"]
   t0 = time.perf_counter()
-  train.evaluate(run.fns.eval_chunk, state, run.data, chunks)
+  evaluation.evaluate(run.fns.eval_chunk, state, run.data, chunks)
   first = time.perf_counter() - t0
-  times = _best(lambda: train.evaluate(run.fns.eval_chunk, state, run.data, chunks)["loss"],
+  times = _best(lambda: evaluation.evaluate(run.fns.eval_chunk, state, run.data, chunks)["loss"],
                 repeats)
-  count = train.evaluate(run.fns.eval_chunk, state, run.data, chunks)["count"]
+  count = evaluation.evaluate(run.fns.eval_chunk, state, run.data, chunks)["count"]
   return {"sequences": count, "chunk": int(chunks[0][0].shape[0]),
           "first_call_s": first, "seq_per_s": count / min(times)}
 
@@ -229,7 +231,7 @@ def main(argv):
       model={"width": m.width, "depth": m.depth, "num_heads": m.num_heads,
              "mlp_ratio": m.mlp_ratio, "norm": m.norm, "pooling": m.get("pooling"),
              "dtype": jnp.dtype(dtype).name,
-             "params": models.count_params(train.place(run.fns.init(
+             "params": models.count_params(parallel.place(run.fns.init(
                  run.init_rng, run.data["x"][:1], run.data["mask"][:1])).params)},
       train=tr, eval=ev, data_pipeline=data_result,
       matmul={"n": _MATMUL_N.value, "dtype": jnp.dtype(dtype).name, "gflops_per_s": mm},

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cardiac_jax import checkpoint as checkpoint_lib
+from cardiac_jax import fingerprint as fingerprint_lib
 from cardiac_jax import config_lib
 from cardiac_jax.errors import ConfigError
 
@@ -75,32 +76,32 @@ def test_all_checkpoints_unreadable_is_an_error(tmp_path):
 
 def test_fingerprint_ignores_resumable_fields_only():
   a = config_lib.preset("debug")
-  fp = checkpoint_lib.fingerprint(a, "key1")
+  fp = fingerprint_lib.fingerprint(a, "key1")
   b = config_lib.preset("debug")
   b.name = "other"
   b.train.num_epochs = 99
   b.train.progress_bar = True
   b.monitor.target_gap = 0.5
-  assert checkpoint_lib.fingerprint(b, "key1") == fp
+  assert fingerprint_lib.fingerprint(b, "key1") == fp
   b.train.learning_rate = 0.5
   b.model.num_heads = 8
-  diff = checkpoint_lib.fingerprint_diff(fp, checkpoint_lib.fingerprint(b, "key2"))
+  diff = fingerprint_lib.fingerprint_diff(fp, fingerprint_lib.fingerprint(b, "key2"))
   assert diff == ["data.cache_key: 'key1' -> 'key2'", "model.num_heads: 4 -> 8",
                   "train.learning_rate: 0.001 -> 0.5"]
   with pytest.raises(ConfigError, match=r"(?s)3 field.*model.num_heads.*--workdir"):
-    checkpoint_lib.check_compatible(fp, checkpoint_lib.fingerprint(b, "key2"), "/w", "x")
+    fingerprint_lib.check_compatible(fp, fingerprint_lib.fingerprint(b, "key2"), "/w", "x")
   # A fingerprint read back from JSON compares equal (tuples become lists).
-  assert checkpoint_lib.fingerprint_diff(json.loads(json.dumps(fp)), fp) == []
+  assert fingerprint_lib.fingerprint_diff(json.loads(json.dumps(fp)), fp) == []
 
 
 def test_config_file_is_written_on_a_fresh_start_only(tmp_path):
   config = config_lib.preset("debug")
-  fp = checkpoint_lib.fingerprint(config, "k")
-  assert checkpoint_lib.write_config_file(str(tmp_path), config, fp)
+  fp = fingerprint_lib.fingerprint(config, "k")
+  assert fingerprint_lib.write_config_file(str(tmp_path), config, fp)
   config.model.width = 64
-  assert not checkpoint_lib.write_config_file(
-      str(tmp_path), config, checkpoint_lib.fingerprint(config, "k"))
-  stored = checkpoint_lib.read_config_file(str(tmp_path))
+  assert not fingerprint_lib.write_config_file(
+      str(tmp_path), config, fingerprint_lib.fingerprint(config, "k"))
+  stored = fingerprint_lib.read_config_file(str(tmp_path))
   assert stored["fingerprint"] == fp and stored["config"]["model"]["width"] == 32
   assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
 
@@ -108,10 +109,12 @@ def test_config_file_is_written_on_a_fresh_start_only(tmp_path):
 def test_fields_added_later_match_older_fingerprints_at_their_old_value():
   """A run stored before ``model.input_dropout`` existed resumes with it at 0, not at 0.2."""
   config = config_lib.preset("debug")
-  current = checkpoint_lib.fingerprint(config, "k")
-  older = {k: v for k, v in current.items() if k not in checkpoint_lib.ADDED_FIELDS}
+  config.update_from_flattened_dict({   # the behaviour of the code before the fields existed
+      k: tuple(v) if isinstance(v, list) else v for k, v in fingerprint_lib.ADDED_FIELDS.items()})
+  current = fingerprint_lib.fingerprint(config, "k")
+  older = {k: v for k, v in current.items() if k not in fingerprint_lib.ADDED_FIELDS}
   assert "model.input_dropout" not in older
-  assert checkpoint_lib.fingerprint_diff(older, current) == []
+  assert fingerprint_lib.fingerprint_diff(older, current) == []
   config.model.input_dropout = 0.2
-  assert checkpoint_lib.fingerprint_diff(older, checkpoint_lib.fingerprint(config, "k")) == [
+  assert fingerprint_lib.fingerprint_diff(older, fingerprint_lib.fingerprint(config, "k")) == [
       "model.input_dropout: 0.0 -> 0.2"]

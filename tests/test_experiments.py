@@ -16,7 +16,14 @@ from cardiac_jax import config_lib
 from cardiac_jax import experiments
 from cardiac_jax.data.dataset import SequenceDataset
 
-ONE_EPOCH = {"train.num_epochs": 1}
+
+
+def quick_one_epoch(name):
+  """``--config=configs/<name>.py:quick --config.train.num_epochs=1``."""
+  config = config_lib.preset(name, "quick")
+  config.train.num_epochs = 1
+  return config
+
 PNG_MAGIC = b"\x89PNG"
 
 
@@ -35,13 +42,13 @@ def _mtimes(workdir):
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory):
   root = tmp_path_factory.mktemp("studies")
-  ms = experiments.run_multiscale(("scale1", "scale2"), (0,), workdir_root=str(root / "ms"),
-                                  overrides=ONE_EPOCH, quick=True)
+  ms = experiments.run_multiscale({s: quick_one_epoch(s) for s in ("scale1", "scale2")}, (0,),
+                                  workdir_root=str(root / "ms"))
   ref = os.path.join(root, "ms", "scale1_seed0")
-  abl = experiments.run_ablations(config_lib.preset("scale1"), str(root / "abl"), quick=True,
-                                  reference_workdir=ref, overrides=ONE_EPOCH, order_blind=False)
-  ef = experiments.run_early_fate(config_lib.preset("scale1"), str(root / "ef"), (1.0, 0.5),
-                                  quick=True, reference_workdir=ref, overrides=ONE_EPOCH)
+  abl = experiments.run_ablations(quick_one_epoch("scale1"), str(root / "abl"),
+                                  reference_workdir=ref, order_blind=False)
+  ef = experiments.run_early_fate(quick_one_epoch("scale1"), str(root / "ef"), (1.0, 0.5),
+                                  reference_workdir=ref)
   return root, ms, abl, ef
 
 
@@ -78,13 +85,13 @@ def test_multiscale_files_and_best_scale_on_val(studies):
 def test_multiscale_rerun_reuses_finished_runs(studies):
   root, ms, _, _ = studies
   before = _mtimes(root / "ms" / "scale1_seed0")
-  again = experiments.run_multiscale(("scale1",), (0,), workdir_root=str(root / "ms"),
-                                     overrides=ONE_EPOCH, quick=True)
+  again = experiments.run_multiscale({"scale1": quick_one_epoch("scale1")}, (0,),
+                                     workdir_root=str(root / "ms"))
   assert _mtimes(root / "ms" / "scale1_seed0") == before   # nothing retrained or rewritten
   assert again["runs"][0]["test_acc"] == ms["runs"][0]["test_acc"]
   # The single-scale rerun rewrote the study files: restore the two-scale version.
-  experiments.run_multiscale(("scale1", "scale2"), (0,), workdir_root=str(root / "ms"),
-                             overrides=ONE_EPOCH, quick=True)
+  experiments.run_multiscale({s: quick_one_epoch(s) for s in ("scale1", "scale2")}, (0,),
+                             workdir_root=str(root / "ms"))
 
 
 def test_best_scale_ties_go_to_the_smaller_scale_whatever_the_order():
@@ -143,8 +150,7 @@ def test_ablations_order_blind_run_gets_shuffled_data_without_day(studies, monke
             "confusion": conf.tolist(), "class_names": list(dataset.class_names)}
 
   monkeypatch.setattr(experiments, "train_or_reuse", fake_train)
-  out = experiments.run_ablations(config_lib.preset("scale1"), str(root / "abl_fake"),
-                                  quick=True, overrides=ONE_EPOCH)
+  out = experiments.run_ablations(quick_one_epoch("scale1"), str(root / "abl_fake"))
   (c0, w0, d0), (c1, w1, d1), (c2, w2, d2) = calls
   assert not c0.data.sequences.time_shuffle and c1.data.sequences.time_shuffle
   assert c2.data.sequences.time_shuffle and len({w0, w1, w2}) == 3
@@ -229,36 +235,4 @@ def test_early_fate_curve(studies):
 @pytest.mark.parametrize("fractions", [(0.0, 1.0), (0.5, 1.5), ()])
 def test_early_fate_rejects_bad_fractions(tmp_path, fractions):
   with pytest.raises(ValueError, match="fractions"):
-    experiments.run_early_fate(config_lib.preset("debug"), str(tmp_path), fractions, quick=True)
-
-
-# ---------------------------------------------------------------- configs
-
-
-def test_quick_config_keeps_scale_proportions():
-  q = {s: experiments.quick_config(config_lib.preset(s)) for s in config_lib.SCALES}
-  debug = config_lib.preset("debug")
-  assert q["scale1"].data.to_dict() == {**debug.data.to_dict()}   # scale1 quick == debug data
-  per = [q[s].data.sequences.per_population for s in ("scale1", "scale2", "scale3")]
-  assert per == [40, 60, 80]
-  assert all(c.train.num_epochs == experiments.QUICK_EPOCHS for c in q.values())
-  assert q["scale3"].name == "scale3"
-  assert config_lib.preset("scale3").data.sequences.per_population == 2_000  # not mutated
-  explicit = config_lib.preset("scale1")
-  explicit.train.num_epochs, explicit.model.width = 12, 64     # e.g. set on the command line
-  kept = experiments.quick_config(explicit)
-  assert kept.train.num_epochs == 12 and kept.model.width == 64
-  assert kept.model.depth == debug.model.depth
-
-
-def test_overrides():
-  parsed = experiments.parse_overrides(["train.num_epochs=5", "model.norm=layer",
-                                        "data.split.fractions=(0.7, 0.2, 0.1)"])
-  assert parsed == {"train.num_epochs": 5, "model.norm": "layer",
-                    "data.split.fractions": (0.7, 0.2, 0.1)}
-  cfg = experiments.apply_overrides(config_lib.preset("debug"), parsed)
-  assert cfg.train.num_epochs == 5 and cfg.model.norm == "layer"
-  with pytest.raises(KeyError, match="unknown config field"):
-    experiments.apply_overrides(config_lib.preset("debug"), {"train.epochs": 5})
-  with pytest.raises(ValueError, match="dotted.key=value"):
-    experiments.parse_overrides(["num_epochs"])
+    experiments.run_early_fate(config_lib.preset("debug", "quick"), str(tmp_path), fractions)

@@ -8,7 +8,7 @@ from absl import flags
 import pytest
 
 from cardiac_jax import main
-from cardiac_jax import train
+from cardiac_jax import input_pipeline
 from test_train import synthetic_dataset  # pylint: disable=g-bad-import-order
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +59,7 @@ def test_train_then_report_mode_rewrites_report_from_best(tmp_path, monkeypatch)
   # Flags are parsed once per process (config_flags registers the overrides as
   # flags), so the later modes are selected by setting the parsed flag values.
   dataset = synthetic_dataset()
-  monkeypatch.setattr(train, "_load_dataset", lambda config: dataset)
+  monkeypatch.setattr(input_pipeline, "load_dataset", lambda config: dataset)
   monkeypatch.chdir(tmp_path)
   parse(monkeypatch, *TINY)
   main.main(["prog"])

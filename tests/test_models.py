@@ -135,7 +135,7 @@ def test_dropout_rates_progressive():
 def test_model_from_config():
   config = scaling.resolve_config(config_lib.base_config(), 100)
   model = models.model_from_config(config, num_classes=6, length=80)
-  assert (model.width, model.depth, model.num_heads) == (96, 2, 4)
+  assert (model.width, model.depth, model.num_heads) == (48, 2, 4)
   assert model.dropout_rates == pytest.approx((0.1, 0.3))
   assert model.norm == "batch" and model.dtype == jnp.float32   # "auto" on CPU
 

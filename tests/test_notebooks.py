@@ -17,6 +17,7 @@ import nbformat
 import pytest
 
 from cardiac_jax import config_lib
+from cardiac_jax import report
 from cardiac_jax import train
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parent.parent / "notebooks"
@@ -127,13 +128,13 @@ def test_01_data_exploration(tmp_path):
 
 
 def test_02_training_dashboard(trained_workdir, tmp_path):
-  metrics = (trained_workdir / train.METRICS_FILE).read_text()
+  metrics = (trained_workdir / report.METRICS_FILE).read_text()
   nb, _ = _execute(NAMES[1], tmp_path, WORKDIR=str(trained_workdir),
                    CACHE_DIR=os.environ["CARDIAC_JAX_CACHE"])
   _check_ran_cleanly(nb)
   out = _stdout(nb)
   assert "no run in" not in out, "the dashboard retrained instead of reading the run"
-  assert (trained_workdir / train.METRICS_FILE).read_text() == metrics
+  assert (trained_workdir / report.METRICS_FILE).read_text() == metrics
   assert "test accuracy" in out
   _assert_pngs(trained_workdir / "dashboard",
                ("learning_curves.png", "accuracy_gap.png", "confusion_matrix.png"))

@@ -28,7 +28,7 @@ def _zeros_like(tree):
 
 def test_schedules_from_config_in_steps():
   config = _config(learning_rate=1e-3, min_learning_rate=1e-5, warmup_epochs=1.0,
-                   first_cycle_epochs=2.0)
+                   first_cycle_epochs=2.0, ramp_epochs=0.0)     # ramps span the run
   s = optim.make_schedules(config, steps_per_epoch=10, total_steps=100)
   assert float(s.lr(0)) == pytest.approx(1e-5)
   assert float(s.lr(10)) == pytest.approx(1e-3)          # warmup end = 1 epoch

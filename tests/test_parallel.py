@@ -32,11 +32,11 @@ _TRAIN = textwrap.dedent("""
     import json, sys, jax, numpy as np
     sys.path.insert(0, {tests!r})
     from test_train import synthetic_dataset, tiny_config
-    from cardiac_jax import train
+    from cardiac_jax import report, train
     config = tiny_config(num_epochs=2, batch_size=16)
     config.model.norm = "batch"
     out = train.train_and_evaluate(config, {workdir!r}, dataset=synthetic_dataset())
-    records = train.read_metrics({workdir!r} + "/metrics.jsonl")
+    records = report.read_metrics({workdir!r} + "/metrics.jsonl")
     from cardiac_jax import checkpoint
     run = train.build_run(config, synthetic_dataset())
     with checkpoint.Checkpointer({workdir!r}, 3) as ckpt:

@@ -10,6 +10,10 @@ import numpy as np
 import pytest
 
 from cardiac_jax import checkpoint as checkpoint_lib
+from cardiac_jax import evaluation
+from cardiac_jax import inference
+from cardiac_jax import input_pipeline
+from cardiac_jax import report as report_lib
 from cardiac_jax import config_lib
 from cardiac_jax import train
 from cardiac_jax.data.dataset import SequenceDataset
@@ -18,7 +22,8 @@ from cardiac_jax.errors import ConfigError
 CLASSES = ("IPSC", "MES", "CMES")
 METRIC_KEYS = {"epoch", "step", "lr", "label_smoothing", "weight_decay", "train_loss",
                "train_acc", "train_loss_running", "val_loss", "val_acc", "acc_gap",
-               "loss_gap", "overfitting", "seconds"}
+               "loss_gap", "overfitting", "grad_norm", "update_norm", "param_norm",
+               "seconds"}
 
 
 def synthetic_dataset(n: int = 150, length: int = 8, features: int = 6, seed: int = 0,
@@ -74,12 +79,13 @@ def _final_params(workdir, config, dataset):
 
 def test_end_to_end_writes_metrics_report_and_plots(straight_run):
   workdir, results = straight_run
-  records = train.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  records = report_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert [r["epoch"] for r in records] == [1, 2, 3]
   for r in records:
     assert METRIC_KEYS <= set(r), METRIC_KEYS - set(r)
     assert r["acc_gap"] == pytest.approx(r["train_acc"] - r["val_acc"])
     assert r["overfitting"] in ("ok", "moderate", "significant")
+    assert 0 < r["update_norm"] < r["param_norm"] and r["grad_norm"] > 0
   # Steps: 3 epochs of floor(n_train / 16) full batches.
   assert records[-1]["step"] == 3 * (records[0]["step"])
   # The classes are separable: the tiny model learns them.
@@ -126,8 +132,8 @@ def test_resume_after_interrupt_matches_straight_run(tmp_path, dataset, straight
   monkeypatch.setattr(train, "_run_epoch", real_run_epoch)
   train.train_and_evaluate(config, workdir, dataset=dataset)
 
-  straight = train.read_metrics(os.path.join(straight_dir, "metrics.jsonl"))
-  resumed = train.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  straight = report_lib.read_metrics(os.path.join(straight_dir, "metrics.jsonl"))
+  resumed = report_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert [r["epoch"] for r in resumed] == [1, 2, 3]          # no duplicates
   for a, b in zip(straight, resumed):
     for key in ("train_loss", "val_loss", "train_loss_running", "lr", "label_smoothing"):
@@ -144,8 +150,10 @@ def plateau_run(tmp_path_factory, dataset):
   # Zero learning rate: the weights never change, so val_acc never improves after epoch 1.
   config = tiny_config(num_epochs=20, learning_rate=0.0, min_learning_rate=0.0,
                        early_stopping_patience=2)
-  # BatchNorm running statistics change even at lr 0; layer norm keeps the model fixed.
+  # BatchNorm running statistics change even at lr 0; layer norm keeps the model fixed
+  # (the per-cell head standardises with BatchNorm statistics, so it is off here).
   config.model.norm = "layer"
+  config.model.cell_head = False
   workdir = str(tmp_path_factory.mktemp("plateau"))
   return workdir, train.train_and_evaluate(config, workdir, dataset=dataset), config
 
@@ -155,7 +163,7 @@ def test_early_stopping_on_plateau(plateau_run):
   assert results["early_stopped"] is True
   assert results["epochs_run"] == 3                 # patience + 1
   assert results["best_epoch"] == 1
-  assert len(train.read_metrics(os.path.join(workdir, "metrics.jsonl"))) == 3
+  assert len(report_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))) == 3
 
 
 def test_running_loss_uses_smoothing_schedule_and_per_step_dropout(plateau_run, dataset):
@@ -170,7 +178,7 @@ def test_running_loss_uses_smoothing_schedule_and_per_step_dropout(plateau_run, 
   state = run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1])
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   apply = jax.jit(functools.partial(run.model.apply, train=True, mutable=["batch_stats"]))
-  rows = run.train_pos[train.stratified_order(dataset.y[run.train_pos], 16, config.seed, 1)]
+  rows = run.train_pos[input_pipeline.stratified_order(dataset.y[run.train_pos], 16, config.seed, 1)]
 
   def mean_loss(key_for_step, smoothing_for_step):
     total = 0.0
@@ -180,7 +188,7 @@ def test_running_loss_uses_smoothing_schedule_and_per_step_dropout(plateau_run, 
       total += float(jnp.sum(train.cross_entropy(logits, dataset.y[r], smoothing_for_step(s))))
     return total / rows.size
 
-  record = train.read_metrics(os.path.join(workdir, "metrics.jsonl"))[0]
+  record = report_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))[0]
   per_step_key = lambda s: jax.random.fold_in(run.train_rng, s)  # noqa: E731
   expected = mean_loss(per_step_key, run.schedules.label_smoothing)
   assert record["train_loss_running"] == pytest.approx(expected, rel=1e-5)
@@ -228,8 +236,8 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, dataset, straight_run, c
     train.train_and_evaluate(tiny_config(num_epochs=3), workdir, dataset=dataset)
   assert any("unreadable" in r.getMessage() for r in caplog.records)
   # Epoch 3 was retrained from epoch 2 (not skipped) and matches the original.
-  straight = train.read_metrics(os.path.join(straight_run[0], "metrics.jsonl"))
-  records = train.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  straight = report_lib.read_metrics(os.path.join(straight_run[0], "metrics.jsonl"))
+  records = report_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   assert [r["epoch"] for r in records] == [1, 2, 3]
   assert records[2]["seconds"] != straight[2]["seconds"]
   assert records[2]["val_loss"] == pytest.approx(straight[2]["val_loss"], abs=1e-6)
@@ -242,7 +250,7 @@ def test_evaluate_counts_every_example_once(dataset):
   state = run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1])
   positions = np.flatnonzero(dataset.split == 1)
   for chunk in (7, 32):                             # 32: the run's own chunk size
-    ev = train.evaluate(run.fns.eval_chunk, state, run.data, train.eval_chunks(positions, chunk),
+    ev = evaluation.evaluate(run.fns.eval_chunk, state, run.data, input_pipeline.eval_chunks(positions, chunk),
                         with_probs=True)
     assert ev["count"] == len(positions)
     assert ev["probs"].shape == (len(positions), len(CLASSES))
@@ -255,22 +263,22 @@ def test_evaluate_counts_every_example_once(dataset):
 
 def test_stratified_order_is_balanced_and_deterministic():
   labels = np.repeat(np.arange(3), [60, 30, 15])
-  a = train.stratified_order(labels, 15, seed=0, epoch=1)
+  a = input_pipeline.stratified_order(labels, 15, seed=0, epoch=1)
   assert a.shape == (7, 15)
   assert len(np.unique(a)) == a.size                # no row twice in an epoch
   for batch in a:
     counts = np.bincount(labels[batch], minlength=3)
     np.testing.assert_allclose(counts, [8.57, 4.29, 2.14], atol=1.5)
-  np.testing.assert_array_equal(a, train.stratified_order(labels, 15, seed=0, epoch=1))
-  assert not np.array_equal(a, train.stratified_order(labels, 15, seed=0, epoch=2))
+  np.testing.assert_array_equal(a, input_pipeline.stratified_order(labels, 15, seed=0, epoch=1))
+  assert not np.array_equal(a, input_pipeline.stratified_order(labels, 15, seed=0, epoch=2))
 
 
 def test_restore_best_and_predict_reproduce_the_reported_test_accuracy(straight_run, dataset):
   """The public restore/predict path gives the report's test accuracy back."""
   workdir, _ = straight_run
-  run, state, meta = train.restore_best(tiny_config(num_epochs=3), workdir, dataset=dataset)
+  run, state, meta = inference.restore_best(tiny_config(num_epochs=3), workdir, dataset=dataset)
   test = dataset.part("test")
-  probs = train.predict(run, state, test.x, test.mask)
+  probs = inference.predict(run, state, test.x, test.mask)
   assert probs.shape == (len(test.y), dataset.num_classes)
   np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
   with open(os.path.join(workdir, "report.json")) as f:

@@ -1,0 +1,52 @@
+"""A trained run after the fact: its best weights, predictions, a fresh report.
+
+Each entry point rebuilds the run from the config (``train.open_run``) and
+refuses a workdir trained with another fingerprint, so predictions never come
+from the weights of another model or dataset.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import ml_collections
+
+from cardiac_jax import checkpoint as checkpoint_lib
+from cardiac_jax import evaluation
+from cardiac_jax import fingerprint as fingerprint_lib
+from cardiac_jax import monitor
+from cardiac_jax import report as report_lib
+from cardiac_jax import train
+
+predict = evaluation.predict   # (run, state, x, mask) -> probabilities (N, C)
+
+
+def restore_best(config: ml_collections.ConfigDict, workdir: str, *,
+                 dataset: Any = None) -> tuple[train.Run, train.TrainState, dict[str, Any]]:
+  """The best checkpoint of ``workdir`` and the run it belongs to, for inspection."""
+  run, workdir = train.open_run(config, workdir, dataset)
+  with checkpoint_lib.Checkpointer(workdir, run.config.train.keep_checkpoints) as ckpt:
+    state, meta = ckpt.restore_best(run.abstract_state)
+  fingerprint_lib.check_workdir(workdir, run.fingerprint, meta)
+  return run, state, meta
+
+
+def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, *,
+                        dataset: Any = None) -> dict[str, Any]:
+  """Restores the workdir's best checkpoint and rewrites the report; no training."""
+  t_start = time.time()
+  run, workdir = train.open_run(config, workdir, dataset)
+  with checkpoint_lib.Checkpointer(workdir, run.config.train.keep_checkpoints) as ckpt:
+    if ckpt.latest_epoch() is None and ckpt.best_epoch() is None:
+      raise checkpoint_lib.CheckpointError(
+          f"no checkpoint in {workdir}; train first (--mode=train) with this --workdir.")
+    restored = ckpt.restore_latest(run.abstract_state)
+    if restored is None:
+      raise checkpoint_lib.CheckpointError(f"no readable checkpoint in {workdir}.")
+    _, meta = restored
+    fingerprint_lib.check_workdir(workdir, run.fingerprint, meta)
+    es = monitor.EarlyStopping.from_dict(meta["early_stopping"])
+    records = report_lib.truncate_metrics(
+        os.path.join(workdir, report_lib.METRICS_FILE), int(meta["epoch"]))
+    return evaluation.report_best(run, workdir, ckpt, records, es, t_start)
