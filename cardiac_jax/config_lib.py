@@ -121,6 +121,9 @@ def base_config() -> ml_collections.ConfigDict:
   train.weight_decay_start = 0.01
   train.weight_decay_end = 0.10
   train.ramp_epochs = 20.0                     # 0 = the ramps span num_epochs
+  # Weights of the sequence branch tried on validation after training (cell head
+  # models; evaluation.select_branch_gate). () = keep the trained sum.
+  train.branch_gate_grid = (0.0, 0.25, 0.5, 0.75, 1.0)
   train.early_stopping_patience = 15
   # val_loss rises as soon as the model grows overconfident on memorised training
   # paths, while val_acc drifts up by hundredths long after; see README "Results".

@@ -57,6 +57,40 @@ def evaluate(eval_fn: Callable, state: Any, data: dict[str, jax.Array], chunks: 
   return out
 
 
+def with_branch_gate(state: Any, value: float) -> Any:
+  """``state`` with the sequence branch's evaluation weight set (models with a cell head)."""
+  if "branch_gate" not in state.batch_stats:
+    return state
+  stats = dict(state.batch_stats)
+  stats["branch_gate"] = jnp.asarray(value, jnp.float32)
+  return state.replace(batch_stats=stats)
+
+
+def select_branch_gate(run: Any, state: Any) -> tuple[Any, dict[str, Any] | None]:
+  """Sets the weight of the sequence branch against the per-cell head on VALIDATION.
+
+  Why: the per-cell head alone is a logistic regression on the last cell; the
+  sequence branch adds what the path knows, but on data where the path knows
+  little it mostly adds variance. Like a baseline's regularisation strength,
+  the weight (``train.branch_gate_grid``; 0 = the cell head alone, 1 = the sum
+  as trained) is chosen by validation accuracy, ties to the lower validation
+  loss; test never takes part. Returns the state with the chosen weight (it
+  then travels with the weights) and what was measured, or (state, None) for a
+  model without a cell head or an empty grid.
+  """
+  grid = tuple(float(g) for g in run.config.train.get("branch_gate_grid", ()))
+  if "branch_gate" not in state.batch_stats or not grid:
+    return state, None
+  scores = [evaluate(run.fns.eval_chunk, with_branch_gate(state, g), run.data,
+                     run.chunks["val"]) for g in grid]
+  best = max(range(len(grid)), key=lambda i: (scores[i]["acc"], -scores[i]["loss"]))
+  logging.info("branch gate %.2f chosen on validation (val acc per gate %s)", grid[best],
+               {g: round(s["acc"], 4) for g, s in zip(grid, scores)})
+  return with_branch_gate(state, grid[best]), {
+      "chosen": grid[best], "grid": list(grid), "val_acc": [s["acc"] for s in scores],
+      "val_loss": [s["loss"] for s in scores]}
+
+
 def predict(run: Any, state: Any, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
   """Class probabilities (N, C) for new, unlabelled sequences in eval mode."""
   data = input_pipeline.device_arrays(x, np.zeros(len(x), np.int32), mask)
@@ -70,6 +104,7 @@ def report_best(run: Any, workdir: str, ckpt: checkpoint_lib.Checkpointer,
                 t_start: float) -> dict[str, Any]:
   """Evaluates the best checkpoint's weights on every split and writes the report."""
   state, meta = ckpt.restore_best(run.abstract_state)
+  state, gate = select_branch_gate(run, state)
   evals = {name: evaluate(run.fns.eval_chunk, state, run.data, run.chunks[name],
                           with_probs=(name == "test"))
            for name in splits_lib.SPLITS}
@@ -85,6 +120,7 @@ def report_best(run: Any, workdir: str, ckpt: checkpoint_lib.Checkpointer,
       num_params=models.count_params(state.params),
       wall_seconds=time.time() - t_start,
   )
+  results["branch_gate"] = gate
   report_lib.write_report(workdir, results, records)
   logging.info("Test accuracy %.4f, macro-F1 %.4f (best epoch %d of %d); report in %s",
                results["test_acc"], results["macro_f1"], results["best_epoch"],

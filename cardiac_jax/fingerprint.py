@@ -34,6 +34,7 @@ RESUMABLE_FIELDS = (
     "train.keep_checkpoints",
     "data.cache_dir",
     "data.fate_classes",   # scoring only
+    "train.branch_gate_grid",   # chosen after training, from the best checkpoint
     "monitor.",  # every monitor.* threshold
 )
 

@@ -24,11 +24,16 @@ predict = evaluation.predict   # (run, state, x, mask) -> probabilities (N, C)
 
 def restore_best(config: ml_collections.ConfigDict, workdir: str, *,
                  dataset: Any = None) -> tuple[train.Run, train.TrainState, dict[str, Any]]:
-  """The best checkpoint of ``workdir`` and the run it belongs to, for inspection."""
+  """The best checkpoint of ``workdir`` and the run it belongs to, for inspection.
+
+  The branch gate is chosen on validation exactly as the report chose it
+  (``evaluation.select_branch_gate``), so predictions match the report.
+  """
   run, workdir = train.open_run(config, workdir, dataset)
   with checkpoint_lib.Checkpointer(workdir, run.config.train.keep_checkpoints) as ckpt:
     state, meta = ckpt.restore_best(run.abstract_state)
   fingerprint_lib.check_workdir(workdir, run.fingerprint, meta)
+  state, _ = evaluation.select_branch_gate(run, state)
   return run, state, meta
 
 

@@ -193,6 +193,11 @@ def _markdown(results: dict[str, Any]) -> str:
       f"| epochs run | {results['epochs_run']} |",
       f"| early stopped | {yes(results['early_stopped'])} |",
       f"| parameters | {results['num_params']:,} |",
+      *([f"| {'/'.join(results['fate_classes'])} two-class accuracy (test) | "
+         f"{results['fate_pair_acc']:.4f} |"] if results.get("fate_pair_acc") is not None else []),
+      *([f"| sequence-branch gate (chosen on validation from "
+         f"{results['branch_gate']['grid']}) | {results['branch_gate']['chosen']:g} |"]
+        if results.get("branch_gate") else []),
       f"| training time (all epochs) | {results['train_seconds']:.1f} s |",
       f"| wall time (this call) | {results['wall_seconds']:.1f} s |",
       "", "## Success criteria", "", "| criterion | value | result |", "|---|---|---|",

@@ -143,3 +143,27 @@ def test_ramp_epochs_finishes_the_regularisation_ramps_early():
   s = optim.make_schedules(config, steps_per_epoch=10, total_steps=100)
   assert float(s.label_smoothing(50)) == pytest.approx(
       (config.train.label_smoothing_start + config.train.label_smoothing_end) / 2)
+
+
+def test_branch_gate_scales_the_sequence_branch_in_evaluation_only():
+  x, mask = _batch()
+  model = _model(cell_head=True)
+  variables = model.init(jax.random.key(0), x, mask, train=False)
+  assert float(variables["batch_stats"]["branch_gate"]) == 1.0
+  params = dict(variables["params"])
+  cell_only = dict(params, head=jax.tree.map(jnp.zeros_like, params["head"]))
+  stats0 = dict(variables["batch_stats"], branch_gate=jnp.zeros(()))
+  gated = model.apply({"params": params, "batch_stats": stats0}, x, mask, train=False)
+  ref = model.apply({"params": cell_only, "batch_stats": variables["batch_stats"]}, x, mask,
+                    train=False)
+  np.testing.assert_allclose(gated, ref, atol=1e-6)     # gate 0 = the cell head alone
+  stats_half = dict(variables["batch_stats"], branch_gate=jnp.asarray(0.5))
+  half = model.apply({"params": params, "batch_stats": stats_half}, x, mask, train=False)
+  full = model.apply(variables, x, mask, train=False)
+  np.testing.assert_allclose(half, (np.asarray(full) + np.asarray(ref)) / 2, atol=1e-5)
+  # Training ignores the gate (the branch is trained at full weight).
+  t0, _ = model.apply({"params": params, "batch_stats": stats0}, x, mask, train=True,
+                      rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
+  t1, _ = model.apply(variables, x, mask, train=True, rngs={"dropout": jax.random.key(1)},
+                      mutable=["batch_stats"])
+  np.testing.assert_array_equal(np.asarray(t0), np.asarray(t1))

@@ -107,6 +107,14 @@ def test_end_to_end_writes_metrics_report_and_plots(straight_run):
   with open(os.path.join(workdir, "report.md")) as f:
     md = f.read()
   assert "Success criteria" in md and ("PASS" in md or "FAIL" in md)
+  # The sequence branch's weight is the validation-best of the grid, and the
+  # reported validation accuracy is the one measured at that weight.
+  gate = report["branch_gate"]
+  assert gate["grid"] == list(tiny_config().train.branch_gate_grid)
+  best = max(range(len(gate["grid"])), key=lambda i: (gate["val_acc"][i], -gate["val_loss"][i]))
+  assert gate["chosen"] == gate["grid"][best]
+  assert report["val_acc"] == pytest.approx(gate["val_acc"][best])
+  assert "sequence-branch gate" in md
 
 
 def test_resume_after_interrupt_matches_straight_run(tmp_path, dataset, straight_run,
