@@ -65,7 +65,7 @@ def _resolved_with(**overrides):
 
 
 def test_heads_must_divide_width_and_a_fix_is_suggested():
-  with pytest.raises(ConfigError, match=r"num_heads=5.*width=96.*num_heads=4"):
+  with pytest.raises(ConfigError, match=r"num_heads=5.*width=48.*num_heads=4"):
     _resolved_with(model__num_heads=5)
   with pytest.raises(ConfigError, match=r"num_heads=10"):
     _resolved_with(model__width=100, model__num_heads=8)
