@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     rest.append(f"--mode={command}")
     app.run(main_lib.main, argv=rest, flags_parser=main_lib.parse_flags)
   elif command == "predict":
-    from cardiac_jax import predict as predict_lib  # pylint: disable=g-import-not-at-top
-    predict_lib.run(rest)
+    import importlib  # pylint: disable=g-import-not-at-top
+    # Not "from cardiac_jax import predict": that is the function of the same name.
+    importlib.import_module("cardiac_jax.predict").run(rest)
   else:
     from cardiac_jax import export as export_lib  # pylint: disable=g-import-not-at-top
     export_lib._define_flags()  # pylint: disable=protected-access

@@ -234,8 +234,8 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
   if len(days) == 1:
     logging.warning("the data holds a single time point (%s): walks stay within it, so the "
                     "predictions use no lineage path", days[0])
-  logging.info("predicted %d cells: %s", n, dict(zip(*np.unique(
-      np.asarray(names)[best], return_counts=True))))
+  counts = np.bincount(best, minlength=len(names))
+  logging.info("predicted %d cells: %s", n, {c: int(k) for c, k in zip(names, counts)})
   return adata
 
 
