@@ -217,7 +217,7 @@ class Preprocessor:
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "Preprocessor":
-    """Reads a file written by `save`."""
+    """Reads a file written by `save` (or `save_to`)."""
     path = pathlib.Path(path)
     if not path.is_file():
       raise DataError(f"no preprocessor file at {path}; fit one with fit_preprocessor and save it")
