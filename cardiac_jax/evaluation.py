@@ -101,8 +101,13 @@ def predict(run: Any, state: Any, x: np.ndarray, mask: np.ndarray) -> np.ndarray
 
 def report_best(run: Any, workdir: str, ckpt: checkpoint_lib.Checkpointer,
                 records: list[dict[str, Any]], es: monitor.EarlyStopping,
-                t_start: float) -> dict[str, Any]:
-  """Evaluates the best checkpoint's weights on every split and writes the report."""
+                t_start: float, *,
+                on_best: Callable[[Any, Any, str], Any] | None = None) -> dict[str, Any]:
+  """Evaluates the best checkpoint's weights on every split and writes the report.
+
+  ``on_best(run, state, workdir)``, when given, receives the best state with the
+  chosen branch gate (the exported model must carry exactly what was reported).
+  """
   state, meta = ckpt.restore_best(run.abstract_state)
   state, gate = select_branch_gate(run, state)
   evals = {name: evaluate(run.fns.eval_chunk, state, run.data, run.chunks[name],
@@ -122,6 +127,8 @@ def report_best(run: Any, workdir: str, ckpt: checkpoint_lib.Checkpointer,
   )
   results["branch_gate"] = gate
   report_lib.write_report(workdir, results, records)
+  if on_best is not None:
+    on_best(run, state, workdir)
   logging.info("Test accuracy %.4f, macro-F1 %.4f (best epoch %d of %d); report in %s",
                results["test_acc"], results["macro_f1"], results["best_epoch"],
                results["epochs_run"], workdir)

@@ -14,6 +14,7 @@ import ml_collections
 
 from cardiac_jax import checkpoint as checkpoint_lib
 from cardiac_jax import evaluation
+from cardiac_jax import export as export_lib
 from cardiac_jax import fingerprint as fingerprint_lib
 from cardiac_jax import monitor
 from cardiac_jax import report as report_lib
@@ -54,4 +55,5 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, *,
     es = monitor.EarlyStopping.from_dict(meta["early_stopping"])
     records = report_lib.truncate_metrics(
         os.path.join(workdir, report_lib.METRICS_FILE), int(meta["epoch"]))
-    return evaluation.report_best(run, workdir, ckpt, records, es, t_start)
+    return evaluation.report_best(run, workdir, ckpt, records, es, t_start,
+                                  on_best=export_lib.export_if_possible)

@@ -35,6 +35,7 @@ import tqdm
 
 from cardiac_jax import checkpoint as checkpoint_lib
 from cardiac_jax import evaluation
+from cardiac_jax import export as export_lib
 from cardiac_jax import fingerprint as fingerprint_lib
 from cardiac_jax import input_pipeline
 from cardiac_jax import models
@@ -415,4 +416,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     finally:
       bar.close()
     ckpt.wait()
-    return evaluation.report_best(run, workdir, ckpt, records, es, t_start)
+    return evaluation.report_best(run, workdir, ckpt, records, es, t_start,
+                                  on_best=export_lib.export_if_possible)

@@ -313,3 +313,123 @@ def plot_spatial(coords: np.ndarray, labels: np.ndarray, class_names: Sequence[s
   ax.legend(markerscale=2, fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left",
             frameon=False)
   return _finish(fig, path)
+
+
+# ---------------------------------------------------------------- predictions on an AnnData
+
+
+def embedding_2d_for(adata: Any, basis: str = "X_pca_cardiac_jax", *,
+                     method: str = "auto", seed: int = 0) -> tuple[np.ndarray, str]:
+  """2-D coordinates of ``adata.obsm[basis]`` and the method's name.
+
+  UMAP when ``umap-learn`` is installed (``pip install -e ".[umap]"``) and
+  ``method`` is "auto" or "umap", else the first two PCs (``embedding_2d``). The
+  UMAP is stored under ``obsm[basis.replace("X_pca", "X_umap")]`` and reused.
+  """
+  if basis not in adata.obsm:
+    raise DataError(f"obsm has no {basis!r} (keys: {list(adata.obsm)}); run "
+                    "cardiac_jax.predict first or pass basis= of an existing embedding")
+  if method not in ("auto", "umap", "pca"):
+    raise ValueError(f"method must be 'auto', 'umap' or 'pca', got {method!r}")
+  umap_key = basis.replace("X_pca", "X_umap") if "X_pca" in basis else basis + "_umap"
+  if method != "pca":
+    if umap_key in adata.obsm:
+      return np.asarray(adata.obsm[umap_key])[:, :2], "UMAP"
+    try:
+      import umap  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      if method == "umap":
+        raise DataError("method='umap' needs umap-learn: pip install -e \".[umap]\"") from None
+    else:
+      coords = umap.UMAP(random_state=seed).fit_transform(np.asarray(adata.obsm[basis]))
+      adata.obsm[umap_key] = np.asarray(coords, np.float32)
+      return adata.obsm[umap_key], "UMAP"
+  return embedding_2d(np.asarray(adata.obsm[basis])), "PC"
+
+
+def plot_obs_embedding(adata: Any, color: str, *, basis: str = "X_pca_cardiac_jax",
+                       method: str = "auto", title: str = "",
+                       max_points: int | None = MAX_POINTS,
+                       path: str | os.PathLike | None = None) -> Figure:
+  """Cells in 2-D coloured by ``obs[color]``: categories as a legend, numbers as a colourbar."""
+  if color not in adata.obs.columns:
+    raise DataError(f"obs has no column {color!r} (columns: {list(adata.obs.columns)})")
+  coords, name = embedding_2d_for(adata, basis, method=method)
+  column = adata.obs[color]
+  numeric = column.dtype.kind in "fiu" and not hasattr(column, "cat")
+  if not numeric:
+    values = column.astype("category")
+    fig = plot_embedding(coords, values.cat.codes.to_numpy(),
+                         [str(c) for c in values.cat.categories], title or color,
+                         max_points=max_points)
+  else:
+    keep = _subsample(coords.shape[0], max_points)
+    fig, ax = _new_figure((6.5, 5.0))
+    points = ax.scatter(coords[keep, 0], coords[keep, 1], c=np.asarray(column)[keep], s=4,
+                        cmap="viridis", linewidths=0, rasterized=True)
+    fig.colorbar(points, ax=ax, label=color)
+    ax.set(title=title or color)
+  ax = fig.axes[0]
+  ax.set(xlabel=f"{name} 1", ylabel=f"{name} 2")
+  return _finish(fig, path)
+
+
+def plot_obs_composition(adata: Any, time_key: str, label_key: str, *,
+                         time_order: Sequence[str] | None = None, title: str = "",
+                         path: str | os.PathLike | None = None) -> Figure:
+  """Stacked bars: the fraction of each ``obs[label_key]`` category per ``obs[time_key]``.
+
+  ``time_order`` defaults to the model's time labels present (from
+  ``uns["cardiac_jax"]``) or the labels' own order (``ingest.order_time_labels``).
+  """
+  for key in (time_key, label_key):
+    if key not in adata.obs.columns:
+      raise DataError(f"obs has no column {key!r} (columns: {list(adata.obs.columns)})")
+  times = adata.obs[time_key].astype(str).to_numpy()
+  if time_order is None:
+    time_order = ingest.order_time_labels(times)
+  time_order = [str(t) for t in time_order]
+  missing = sorted(set(times) - set(time_order))
+  if missing:
+    raise DataError(f"time labels {missing} are not in time_order {time_order}")
+  labels = adata.obs[label_key].astype("category")
+  position = {t: i for i, t in enumerate(time_order)}
+  time_index = np.asarray([position[t] for t in times], np.int64)
+  return plot_composition(time_index, labels.cat.codes.to_numpy(), time_order,
+                          [str(c) for c in labels.cat.categories],
+                          title or f"{label_key} per {time_key}", path=path)
+
+
+def plot_predictions(adata: Any, out_dir: str | os.PathLike, *, key_added: str = "cardiac_jax",
+                     time_key: str = "diffday", true_key: str = "",
+                     method: str = "auto") -> dict[str, Any]:
+  """The standard prediction PNGs into ``out_dir``; returns {name: path}.
+
+  The embedding coloured by predicted label, by confidence and (when
+  ``obs[true_key]`` exists) by the true label, and the per-day composition of
+  the predictions.
+  """
+  import pathlib  # pylint: disable=g-import-not-at-top
+  out = pathlib.Path(out_dir)
+  basis = f"X_pca_{key_added}"
+  label, confidence = f"{key_added}_label", f"{key_added}_confidence"
+  paths = {"embedding_label": out / "embedding_predicted_label.png",
+           "embedding_confidence": out / "embedding_confidence.png"}
+  plot_obs_embedding(adata, label, basis=basis, method=method, title="Predicted population",
+                     path=paths["embedding_label"])
+  plot_obs_embedding(adata, confidence, basis=basis, method=method, title="Confidence",
+                     path=paths["embedding_confidence"])
+  if true_key and true_key in adata.obs.columns:
+    paths["embedding_true"] = out / "embedding_true_label.png"
+    plot_obs_embedding(adata, true_key, basis=basis, method=method,
+                       title=f"True label ({true_key})", path=paths["embedding_true"])
+  if time_key in adata.obs.columns:
+    info = adata.uns.get(key_added, {})
+    order = info.get("time_labels_present")
+    if order is not None and not set(adata.obs[time_key].astype(str)) <= set(map(str, order)):
+      order = None     # labels matched as numbers ("3.0" vs "3"): order the data's own
+    paths["composition"] = out / "composition_predicted.png"
+    plot_obs_composition(adata, time_key, label, path=paths["composition"],
+                         time_order=None if order is None else list(order),
+                         title="Predicted composition per day")
+  return paths

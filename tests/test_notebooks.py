@@ -3,7 +3,7 @@
 Each notebook is executed with nbclient in a python3 kernel of this interpreter;
 the test's values (a temp WORKDIR, the session's private dataset cache) are
 injected as a cell right after the one tagged "parameters", as papermill does.
-Notebooks 02 and 03 share one debug run trained here with
+Notebooks 02 and 03 share one debug run (03 loads its exported model) trained here with
 ``train.train_and_evaluate``. The stored notebooks must carry no outputs so they
 stay clean in git.
 """
@@ -143,10 +143,13 @@ def test_02_training_dashboard(trained_workdir, tmp_path):
 
 def test_03_resume_and_inspect(trained_workdir, tmp_path):
   nb, _ = _execute(NAMES[2], tmp_path, WORKDIR=str(trained_workdir),
-                   CACHE_DIR=os.environ["CARDIAC_JAX_CACHE"], NEW_SEQUENCES_SEED=7)
+                   CACHE_DIR=os.environ["CARDIAC_JAX_CACHE"], NEW_SIMULATOR_SEED=7)
   _check_ran_cleanly(nb)
   out = _stdout(nb)
   assert "no run in" not in out
-  assert "restored epoch" in out and "new-sequence accuracy" in out
-  _assert_pngs(trained_workdir / "inspect", ("confusion_new_sequences.png",))
-  assert _n_images(nb) >= 1
+  assert "model loaded" in out and "new-data accuracy" in out
+  _assert_pngs(trained_workdir / "inspect",
+               ("confusion_new_data.png", "embedding_predicted_label.png",
+                "embedding_confidence.png", "embedding_true_label.png",
+                "composition_predicted.png"))
+  assert _n_images(nb) == 5

@@ -204,16 +204,20 @@ class Preprocessor:
   def save(self, path: str | os.PathLike) -> pathlib.Path:
     """Writes an .npz (no pickle) atomically (``fileio``)."""
     buffer = io.BytesIO()
-    np.savez(buffer, format_version=np.int64(_FORMAT_VERSION),
+    self.save_to(buffer)
+    return fileio.atomic_write_bytes(path, buffer.getvalue())
+
+  def save_to(self, fh: Any) -> None:
+    """Writes the .npz into an open binary file (the portable model embeds it)."""
+    np.savez(fh, format_version=np.int64(_FORMAT_VERSION),
              gene_names=np.asarray(self.gene_names).astype(str), mean=self.mean,
              scale=self.scale, components=self.components, pca_mean=self.pca_mean,
              explained_variance_ratio=self.explained_variance_ratio,
              target_sum=np.float64(self.target_sum), max_value=np.float64(self.max_value))
-    return fileio.atomic_write_bytes(path, buffer.getvalue())
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "Preprocessor":
-    """Reads a file written by `save`."""
+    """Reads a file written by `save` (or `save_to`)."""
     path = pathlib.Path(path)
     if not path.is_file():
       raise DataError(f"no preprocessor file at {path}; fit one with fit_preprocessor and save it")

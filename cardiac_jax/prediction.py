@@ -1,0 +1,316 @@
+"""Annotate new cells with an exported model: ``predict(adata, model)`` into the AnnData.
+
+How a query cell is classified: the model reads lineage paths, not single
+cells, so every query cell becomes the anchor of ``n_walks`` walks built
+exactly as in training (``sequences.temporal_graph`` + ``walk``: backwards in
+time through the k nearest neighbours on the same or the previous day, same
+length and k) - but among the NEW data's own cells, which form one "split".
+Each walk is classified and the probabilities are averaged per cell.
+
+Consequences worth knowing:
+- The new data's time labels are mapped onto the model's by name (numeric
+  labels compared as numbers); the time feature is the model's day scaling. A
+  sample of a single day still gets predictions, but its walks stay within that
+  day, so they carry no path information (``uns[key]["single_day"]``).
+- The label is always one of the model's classes: a population the model never
+  saw (e.g. ``UNK``) is assigned to the nearest class it knows, usually with low
+  confidence; the confidence (max probability) is not a novelty detector.
+- Cells are embedded with the TRAINING preprocessor (genes matched by name,
+  missing genes at their training mean). Library sizes are taken over the genes
+  the new data has, so a very different gene panel shifts the embedding.
+
+Memory: the embedding is computed in row chunks and walks/predictions in blocks
+of ``BLOCK_CELLS`` anchors (x of one block: n_walks x BLOCK_CELLS x L x F floats),
+so 230K cells stream through in bounded memory; the walk streams are seeded per
+(seed, block, walk), so results do not depend on the prediction chunk size.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+from typing import Any, Sequence
+
+from absl import logging
+import numpy as np
+
+from cardiac_jax import export as export_lib
+from cardiac_jax import fileio
+from cardiac_jax.data.errors import DataError
+
+BLOCK_CELLS = 2048          # anchors per walk/prediction block (fixes the rng streams)
+TRANSFORM_CHUNK = 20_000    # rows embedded at once
+MIN_GENE_FRACTION = 0.5     # of the model's genes the new data must carry
+
+
+def map_time_labels(labels: np.ndarray, model_labels: Sequence[str]) -> np.ndarray:
+  """int32 index into ``model_labels`` of each label: exact string, else equal as numbers."""
+  labels = np.asarray(labels).astype(str)
+  model_labels = [str(t) for t in model_labels]
+  exact = {t: i for i, t in enumerate(model_labels)}
+  numeric = {}
+  for i, t in enumerate(model_labels):
+    try:
+      numeric[float(t)] = i
+    except ValueError:
+      pass
+  uniq, inverse = np.unique(labels, return_inverse=True)
+  index, unknown = [], []
+  for u in uniq:
+    if u in exact:
+      index.append(exact[u])
+      continue
+    try:
+      index.append(numeric[float(u)])
+    except (ValueError, KeyError):
+      unknown.append(str(u))
+      index.append(-1)
+  if unknown:
+    raise DataError(f"time labels {unknown} are not among the model's time labels "
+                    f"{model_labels}; relabel them (e.g. adata.obs[time_key] = "
+                    "adata.obs[time_key].map({...})) or drop those cells")
+  return np.asarray(index, np.int32)[inverse]
+
+
+def _time_column(adata: Any, time_key: str) -> np.ndarray:
+  if not time_key or time_key not in adata.obs.columns:
+    raise DataError(f"obs has no time column {time_key!r}; obs keys present: "
+                    f"{list(adata.obs.columns)}; pass time_key= (--time_key) naming the column "
+                    "with each cell's time point")
+  column = adata.obs[time_key]
+  if column.isna().any():
+    raise DataError(f"obs[{time_key!r}] has {int(column.isna().sum())} missing values; fill "
+                    "them or drop those cells before predicting")
+  return column.astype(str).to_numpy().astype(str)
+
+
+def _gene_overlap(pp: Any, gene_names: np.ndarray, min_fraction: float
+                  ) -> tuple[list[str], list[str]]:
+  present = set(gene_names.tolist())
+  used = [g for g in pp.gene_names.tolist() if g in present]
+  missing = [g for g in pp.gene_names.tolist() if g not in present]
+  need = int(np.ceil(min_fraction * len(pp.gene_names)))
+  if len(used) < need:
+    raise DataError(f"only {len(used)} of the model's {len(pp.gene_names)} genes are in the "
+                    f"data (the minimum is {need}, {min_fraction:.0%}); use the same gene "
+                    "identifiers as the training data (symbols vs Ensembl IDs; first missing: "
+                    f"{missing[:5]}) or lower min_gene_fraction")
+  return used, missing
+
+
+def embed(counts: Any, gene_names: np.ndarray, pp: Any,
+          chunk_rows: int = TRANSFORM_CHUNK) -> np.ndarray:
+  """PCA coordinates (n, n_pcs) with the training preprocessor, in row chunks.
+
+  The columns of each chunk are put in gene-name order first, so the same cells
+  with their genes in another order give bit-identical coordinates.
+  """
+  import scipy.sparse as sp  # pylint: disable=g-import-not-at-top
+  order = np.argsort(gene_names, kind="stable")
+  names = gene_names[order]
+  if sp.issparse(counts) and counts.format != "csr":
+    counts = sp.csr_matrix(counts)
+  out = np.empty((counts.shape[0], pp.n_pcs), np.float32)
+  for start in range(0, counts.shape[0], chunk_rows):
+    block = counts[start:start + chunk_rows]
+    block = sp.csr_matrix(block if sp.issparse(block) else np.asarray(block))[:, order]
+    out[start:start + block.shape[0]] = pp.transform(block, names, chunk_rows=chunk_rows)
+  return out
+
+
+def _progress(total: int, enabled: bool):
+  from tqdm import auto as tqdm_auto  # pylint: disable=g-import-not-at-top
+  return tqdm_auto.tqdm(total=total, unit="cells", disable=not enabled, desc="predict")
+
+
+def predict(adata: Any, model: Any, *, time_key: str = "diffday",
+            counts_layer: str | None = None, n_walks: int = 8,
+            key_added: str = "cardiac_jax", copy: bool = False, seed: int = 0,
+            min_gene_fraction: float = MIN_GENE_FRACTION, progress: bool = True) -> Any:
+  """Predicts the population each cell's lineage path ends in, into the AnnData.
+
+  Args:
+    adata: cells x genes with raw counts in X (or ``layers[counts_layer]``) and a
+      time column ``obs[time_key]`` whose labels are among the model's.
+    model: a ``export.Model`` or the path of an exported model folder (or workdir).
+    time_key: obs column of the time points.
+    counts_layer: layer with raw counts; None or "" = X.
+    n_walks: walks ending at each cell; their probabilities are averaged.
+    key_added: prefix of the keys written.
+    copy: annotate and return a copy instead of ``adata`` itself.
+    seed: seed of the walks (the result is deterministic given it).
+    min_gene_fraction: the fraction of the model's genes the data must carry.
+    progress: a tqdm progress bar over the prediction blocks.
+
+  Returns:
+    The annotated AnnData (``adata`` itself unless ``copy``), with
+    ``obs[f"{key_added}_label"]`` (categorical over the model's classes),
+    ``obs[f"{key_added}_confidence"]`` (max averaged probability),
+    ``obsm[f"{key_added}_probs"]`` (cells x classes, names in ``uns``),
+    ``obsm[f"X_pca_{key_added}"]`` (the embedding) and ``uns[key_added]``.
+
+  Raises:
+    DataError: no time column, unknown time labels, non-count data, too few of
+      the model's genes, or a model that cannot be loaded.
+  """
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.data import sequences  # pylint: disable=g-import-not-at-top
+
+  if not isinstance(model, export_lib.Model):
+    model = export_lib.load_model(model)
+  if n_walks < 1:
+    raise DataError(f"n_walks must be >= 1, got {n_walks}")
+  if adata.n_obs == 0:
+    raise DataError("the AnnData has no cells")
+  times = _time_column(adata, time_key)
+  time_index = map_time_labels(times, model.time_labels)
+  layer = counts_layer or ""
+  matrix = ingest._counts_matrix(adata, layer, "counts_layer (--counts_layer)")  # pylint: disable=protected-access
+  ingest.check_counts(matrix, f"layers[{layer!r}]" if layer else "X",
+                      "counts_layer= (--counts_layer)")
+  gene_names = np.asarray(adata.var_names).astype(str)
+  if len(np.unique(gene_names)) != len(gene_names):
+    raise DataError("gene names (var_names) repeat; call adata.var_names_make_unique() so "
+                    "genes can be matched to the model's by name")
+  used, missing = _gene_overlap(model.preprocessor, gene_names, min_gene_fraction)
+  if missing:
+    logging.warning("%d of the model's %d genes are missing from the data (set to their "
+                    "training mean); listed in uns[%r]['genes_missing']", len(missing),
+                    len(model.preprocessor.gene_names), key_added)
+  if copy:
+    adata = adata.copy()
+  if not adata.obs_names.is_unique:
+    logging.warning("obs_names repeat; making them unique (AnnData.obs_names_make_unique)")
+    adata.obs_names_make_unique()
+
+  pcs = embed(matrix, gene_names, model.preprocessor)
+  n, length, k = adata.n_obs, model.length, model.k_neighbors
+  graph = sequences.temporal_graph(pcs, time_index, np.zeros(n, np.int32),
+                                   np.arange(n), k)
+  time_value = sequences.time_feature(time_index, len(model.time_labels))
+  fraction = float(model.info["walks"].get("observed_fraction", 1.0))
+  probs = np.empty((n, len(model.class_names)), np.float32)
+  bar = _progress(n, progress)
+  try:
+    for b, start in enumerate(range(0, n, BLOCK_CELLS)):
+      anchors = np.arange(start, min(start + BLOCK_CELLS, n), dtype=np.int64)
+      src = np.concatenate([
+          sequences.walk(graph, anchors, length, np.random.default_rng([seed, b, w]))
+          for w in range(n_walks)])
+      x = sequences.assemble_features(pcs, src, time_value, 0)
+      mask = np.ones(src.shape, np.float32)
+      if fraction < 1.0:
+        x, mask = sequences.apply_horizon(x, mask, fraction)
+      p = model.predict_sequences(x, mask)
+      probs[anchors] = p.reshape(n_walks, anchors.size, -1).mean(axis=0)
+      bar.update(anchors.size)
+  finally:
+    bar.close()
+
+  names = list(model.class_names)
+  best = probs.argmax(axis=1)
+  adata.obs[f"{key_added}_label"] = pd.Categorical.from_codes(best, categories=names)
+  adata.obs[f"{key_added}_confidence"] = probs.max(axis=1)
+  adata.obsm[f"{key_added}_probs"] = probs
+  adata.obsm[f"X_pca_{key_added}"] = pcs
+  days = [model.time_labels[i] for i in np.unique(time_index)]
+  adata.uns[key_added] = {
+      "model_path": str(model.path),
+      "model_hash": model.hash,
+      "class_names": names,
+      "model_time_labels": list(model.time_labels),
+      "time_labels_present": days,
+      "single_day": len(days) == 1,
+      "n_genes_model": int(len(model.preprocessor.gene_names)),
+      "n_genes_used": len(used),
+      "genes_missing": missing,
+      "params": {"time_key": time_key, "counts_layer": layer, "n_walks": int(n_walks),
+                 "seed": int(seed), "walk_length": int(length), "k_neighbors": int(k),
+                 "observed_fraction": fraction, "min_gene_fraction": float(min_gene_fraction)},
+      "keys": {"label": f"{key_added}_label", "confidence": f"{key_added}_confidence",
+               "probs": f"{key_added}_probs", "embedding": f"X_pca_{key_added}"},
+  }
+  if len(days) == 1:
+    logging.warning("the data holds a single time point (%s): walks stay within it, so the "
+                    "predictions use no lineage path", days[0])
+  counts = np.bincount(best, minlength=len(names))
+  logging.info("predicted %d cells: %s", n, {c: int(k) for c, k in zip(names, counts)})
+  return adata
+
+
+def predictions_table(adata: Any, key_added: str = "cardiac_jax") -> Any:
+  """A DataFrame: cell, label, confidence, then one probability column per class."""
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  info = adata.uns[key_added]
+  table = pd.DataFrame({"cell": np.asarray(adata.obs_names).astype(str),
+                        "label": np.asarray(adata.obs[f"{key_added}_label"]).astype(str),
+                        "confidence": np.asarray(adata.obs[f"{key_added}_confidence"])})
+  probs = np.asarray(adata.obsm[f"{key_added}_probs"])
+  for c, name in enumerate(info["class_names"]):
+    table[f"prob_{name}"] = probs[:, c]
+  return table
+
+
+def predict_file(model_path: str | os.PathLike, input_path: str | os.PathLike,
+                 output_path: str | os.PathLike, *, csv_path: str | os.PathLike | None = None,
+                 plots_dir: str | os.PathLike | None = None, true_key: str = "",
+                 **kwargs: Any) -> dict[str, pathlib.Path]:
+  """Reads an h5ad, predicts, writes the annotated h5ad and predictions.csv atomically.
+
+  Nothing is written unless prediction succeeded; both files appear together
+  (each under a temporary name first, renamed at the end). Plots (optional) are
+  written after that, each PNG atomically.
+  """
+  from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
+  output_path = pathlib.Path(output_path)
+  csv_path = pathlib.Path(csv_path) if csv_path else output_path.with_name("predictions.csv")
+  if pathlib.Path(input_path).resolve() == output_path.resolve():
+    raise DataError(f"--output {output_path} is the input file; write to a new file")
+  model = export_lib.load_model(model_path)
+  adata = ingest.load_h5ad(input_path)
+  adata = predict(adata, model, **kwargs)
+  with contextlib.ExitStack() as stack:
+    tmp_h5ad = stack.enter_context(fileio.atomic_path(output_path))
+    tmp_csv = stack.enter_context(fileio.atomic_path(csv_path))
+    adata.write_h5ad(tmp_h5ad)
+    predictions_table(adata, kwargs.get("key_added", "cardiac_jax")).to_csv(tmp_csv, index=False)
+  written = {"h5ad": output_path, "csv": csv_path}
+  if plots_dir:
+    from cardiac_jax import viz  # pylint: disable=g-import-not-at-top
+    written.update(viz.plot_predictions(
+        adata, plots_dir, key_added=kwargs.get("key_added", "cardiac_jax"),
+        time_key=kwargs.get("time_key", "diffday"), true_key=true_key))
+  return written
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def define_flags() -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("model", None, "Exported model folder (<workdir>/model) or workdir.")
+  flags.DEFINE_string("input", None, "The .h5ad of cells to annotate (raw counts).")
+  flags.DEFINE_string("output", None, "The annotated .h5ad to write.")
+  flags.DEFINE_string("csv", "", "predictions table (default predictions.csv next to --output)")
+  flags.DEFINE_string("plots_dir", "", "write the prediction plots (PNG) here; '' = none")
+  flags.DEFINE_string("true_key", "", "obs column with known labels, plotted when present")
+  flags.DEFINE_string("time_key", "diffday", "obs column of the time points")
+  flags.DEFINE_string("counts_layer", "", "layer holding raw counts ('' = X)")
+  flags.DEFINE_integer("n_walks", 8, "walks ending at each cell (probabilities averaged)")
+  flags.DEFINE_integer("seed", 0, "seed of the walks")
+  flags.mark_flags_as_required(["model", "input", "output"])
+
+
+def main(argv: list[str]) -> None:
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  f = flags.FLAGS
+  written = predict_file(f.model, f.input, f.output, csv_path=f.csv or None,
+                         plots_dir=f.plots_dir or None, true_key=f.true_key,
+                         time_key=f.time_key, counts_layer=f.counts_layer or None,
+                         n_walks=f.n_walks, seed=f.seed)
+  for what, path in written.items():
+    print(f"wrote {what}: {path}")
