@@ -242,6 +242,9 @@ class SequenceClassifier(nn.Module):
       raise ConfigError(f"model.pooling={self.pooling!r} is unknown; choose one of {POOLINGS}.")
     seq_len = x.shape[1]
     visible = mask > 0                                        # (B, L) bool
+    # The cell head reads the clean last step: the noise below regularises the
+    # sequence branch, a linear head needs no more than its weight decay.
+    cell_x = pool(jnp.asarray(x, jnp.float32), visible, "last") if self.cell_head else None
     if train and self.step_dropout > 0.0:
       visible = drop_steps(self.make_rng("dropout"), visible, self.step_dropout)
     if train and self.feature_noise > 0.0:
@@ -249,7 +252,6 @@ class SequenceClassifier(nn.Module):
     token_mask = visible[:, :, None]                          # for BatchNorm stats
     attn_mask = visible[:, None, None, :]                     # (B, 1, 1, L) key padding
 
-    cell_x = pool(x.astype(jnp.float32), visible, "last") if self.cell_head else None
     x = Dropout(self.input_dropout, deterministic=not train)(x)
     h = nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32, name="embed")(x)
     h = _norm(self.norm, self.dtype, train, "norm_embed")(h, token_mask)

@@ -42,13 +42,6 @@ from cardiac_jax import report as report_lib
 from cardiac_jax import train as train_lib
 from cardiac_jax.data import dataset as dataset_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config (configs/*.py).")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
-_HORIZONS = flags.DEFINE_list("horizons", ["1.0"], "Observed fractions of each path.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and summary.json go.")
-_COMBINE = flags.DEFINE_list("combine", [], "Benchmark workdirs to combine into one table.")
-_OUT = flags.DEFINE_string("out", None, "With --combine: output path without extension.")
-
 SUMMARY = "summary.json"
 _MODEL_KEYS = ("test_acc", "val_acc", "train_acc", "macro_f1", "fate_pair_acc", "acc_gap",
                "best_epoch", "epochs_run", "wall_seconds")
@@ -185,5 +178,12 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required([])
+  # Flags only when run as a script, so tests can import the functions next to
+  # other modules that define --config.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config (configs/*.py).")
+  _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
+  _HORIZONS = flags.DEFINE_list("horizons", ["1.0"], "Observed fractions of each path.")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Where the runs and summary.json go.")
+  _COMBINE = flags.DEFINE_list("combine", [], "Benchmark workdirs to combine into one table.")
+  _OUT = flags.DEFINE_string("out", None, "With --combine: output path without extension.")
   app.run(main)

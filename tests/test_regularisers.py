@@ -167,3 +167,15 @@ def test_branch_gate_scales_the_sequence_branch_in_evaluation_only():
   t1, _ = model.apply(variables, x, mask, train=True, rngs={"dropout": jax.random.key(1)},
                       mutable=["batch_stats"])
   np.testing.assert_array_equal(np.asarray(t0), np.asarray(t1))
+
+
+def test_the_cell_head_reads_the_clean_last_step_even_under_feature_noise():
+  x, mask = _batch()
+  model = _model(cell_head=True, feature_noise=2.0, step_dropout=0.5)
+  variables = model.init(jax.random.key(0), x, mask, train=False)
+  params = dict(variables["params"])
+  params["head"] = jax.tree.map(jnp.zeros_like, params["head"])     # cell head alone
+  v = {"params": params, "batch_stats": variables["batch_stats"]}
+  a = _train_logits(model, v, x, mask, 1)
+  b = _train_logits(model, v, x, mask, 2)
+  np.testing.assert_allclose(a, b, atol=1e-6)      # the noise reaches the sequence branch only
