@@ -18,7 +18,7 @@ LARGE_MIN = 5_000      # n > LARGE_MIN: large; SMALL_MAX <= n <= LARGE_MIN: medi
 # (width, depth, batch_size, num_epochs) per bracket.
 # Measured on scale1 (docs/results/recipe.md): with the anchor-aimed regularisers a
 # width-64, depth-2 model (110K parameters) matches the design's original 160 x 3
-# (952K) on validation at a seventh of the cost per epoch, and its best epoch
+# (952K) on validation at a fraction of the cost per epoch, and its best epoch
 # comes late (38-40 of 40), so the regularisation ramps run their course.
 _BRACKETS = {
     "small": (48, 2, 16, 40),

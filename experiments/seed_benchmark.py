@@ -158,7 +158,10 @@ def main(argv: Sequence[str]) -> None:
     for d in _COMBINE.value:
       with open(os.path.join(d, SUMMARY)) as fh:
         summaries[os.path.basename(os.path.normpath(d))] = json.load(fh)
-    fileio.atomic_write_text(_OUT.value + ".md", markdown(summaries))
+    names = ", ".join(summaries)
+    title = ("# Model against every baseline, same splits (experiments/seed_benchmark.py)\n\n"
+             f"Combined from: {names}\n\n")
+    fileio.atomic_write_text(_OUT.value + ".md", title + markdown(summaries))
     fileio.atomic_write_json(_OUT.value + ".json", summaries)
     print(markdown(summaries))
     return
