@@ -207,6 +207,11 @@ def _select(candidates: Sequence[Any], fit_predict: Callable[[Any], dict[str, np
   return best, best_pred
 
 
+def _num_classes(ys: dict[str, np.ndarray]) -> int:
+  """Columns of the probability matrices: every label seen in any split."""
+  return int(max(int(np.max(v)) for v in ys.values())) + 1
+
+
 def _full_probs(clf: Any, proba: np.ndarray, n_classes: int) -> np.ndarray:
   """(N, n_classes) probabilities from a classifier that saw only ``clf.classes_``."""
   out = np.zeros((proba.shape[0], n_classes), np.float32)
@@ -223,7 +228,7 @@ def _predictions(clf: Any, xs: dict[str, np.ndarray], n_classes: int) -> dict[st
 
 def _logreg(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray],
             seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  n_classes = int(max(int(np.max(v)) for v in ys.values())) + 1
+  n_classes = _num_classes(ys)
   def fit_predict(c):
     clf = linear_model.LogisticRegression(C=c, max_iter=1000, random_state=seed)
     with warnings.catch_warnings():
@@ -239,7 +244,7 @@ def _knn(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray],
   del seed  # deterministic
   ks = sorted({min(k, len(ys["train"])) for k in KNN_K})
 
-  n_classes = int(max(int(np.max(v)) for v in ys.values())) + 1
+  n_classes = _num_classes(ys)
 
   def fit_predict(k):
     clf = neighbors.KNeighborsClassifier(n_neighbors=k).fit(xs["train"], ys["train"])
@@ -267,7 +272,7 @@ def _hgb(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray],
       if i == best:
         pred[s] = p
         break
-  n_classes = int(max(int(np.max(v)) for v in ys.values())) + 1
+  n_classes = _num_classes(ys)
   for i, p in enumerate(clf.staged_predict_proba(xs["test"])):
     if i == best:
       pred["test_probs"] = _full_probs(clf, p, n_classes)

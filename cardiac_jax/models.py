@@ -285,11 +285,14 @@ class SequenceClassifier(nn.Module):
                              name="cell_head")(cell_x)
 
 
+def last_visible(visible: jax.Array) -> jax.Array:
+  """(B,) index of each row's last visible step (L - 1 for a row with none)."""
+  return visible.shape[1] - 1 - jnp.argmax(visible[:, ::-1], axis=1)
+
+
 def drop_steps(rng: jax.Array, visible: jax.Array, rate: float) -> jax.Array:
   """Hides each visible step but the last with probability ``rate`` (random sub-paths)."""
-  length = visible.shape[1]
-  last = length - 1 - jnp.argmax(visible[:, ::-1], axis=1)            # (B,)
-  is_last = jnp.arange(length)[None, :] == last[:, None]
+  is_last = jnp.arange(visible.shape[1])[None, :] == last_visible(visible)[:, None]
   keep = jax.random.uniform(rng, visible.shape) >= rate
   return visible & (keep | is_last)
 
@@ -316,9 +319,7 @@ def pool(h: jax.Array, visible: jax.Array, pooling: str) -> jax.Array:
     count = jnp.maximum(jnp.sum(visible, axis=1, keepdims=True), 1).astype(h.dtype)
     parts.append(jnp.sum(jnp.where(visible[:, :, None], h, 0.0), axis=1) / count)
   if pooling in ("last", "mean_last"):
-    length = visible.shape[1]
-    last = length - 1 - jnp.argmax(visible[:, ::-1], axis=1)           # (B,)
-    picked = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+    picked = jnp.take_along_axis(h, last_visible(visible)[:, None, None], axis=1)[:, 0]
     parts.append(jnp.where(jnp.any(visible, axis=1, keepdims=True), picked, 0.0))
   return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
