@@ -58,8 +58,12 @@ class Checkpointer:
     return ocp.CheckpointManager(os.path.join(self.root, name), options=options,
                                  item_names=(STATE, META))
 
-  def save(self, epoch: int, state: Any, meta: dict[str, Any], *, best: bool) -> None:
+  def save(self, epoch: int, state: Any, meta: dict[str, Any], *, best: bool,
+           best_state: Any = None) -> None:
     """Saves ``state`` as epoch ``epoch`` in latest (and in best when ``best``).
+
+    ``best_state`` (default ``state``) is what goes into best: a run of several
+    members saves there each member's own best weights.
 
     Orbax copies device arrays to host before returning, so the caller may
     donate ``state``'s buffers to the next jitted step right away. Best is
@@ -71,7 +75,8 @@ class Checkpointer:
     for manager in managers:
       if manager is self.latest and best:
         self.best.wait_until_finished()
-      args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
+      saved = best_state if manager is self.best and best_state is not None else state
+      args = ocp.args.Composite(**{STATE: ocp.args.StandardSave(saved),
                                    META: ocp.args.JsonSave(dict(meta))})
       if not manager.save(int(epoch), args=args):
         raise CheckpointError(

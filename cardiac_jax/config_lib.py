@@ -125,6 +125,10 @@ def base_config() -> ml_collections.ConfigDict:
   # models; evaluation.select_branch_gate). () = keep the trained sum.
   train.branch_gate_grid = (0.0, 0.25, 0.5, 0.75, 1.0)
   train.early_stopping_patience = 15
+  # K models (seeds seed .. seed + K - 1) trained together in one compiled epoch,
+  # each with its own early stopping; reported as the mean of their
+  # probabilities beside the members' own scores (cardiac_jax/members.py).
+  train.num_members = 1
   # val_loss rises as soon as the model grows overconfident on memorised training
   # paths, while val_acc drifts up by hundredths long after; see README "Results".
   train.early_stopping_metric = "val_loss"    # "val_loss" (min) | "val_acc" (max)

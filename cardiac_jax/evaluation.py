@@ -20,6 +20,7 @@ import numpy as np
 
 from cardiac_jax import checkpoint as checkpoint_lib
 from cardiac_jax import input_pipeline
+from cardiac_jax import members as members_lib
 from cardiac_jax import models
 from cardiac_jax import monitor
 from cardiac_jax import report as report_lib
@@ -57,12 +58,35 @@ def evaluate(eval_fn: Callable, state: Any, data: dict[str, jax.Array], chunks: 
   return out
 
 
-def with_branch_gate(state: Any, value: float) -> Any:
-  """``state`` with the sequence branch's evaluation weight set (models with a cell head)."""
+def evaluate_members(eval_fn: Callable, state: Any, data: dict[str, jax.Array],
+                     chunks: Chunks, num_members: int, *,
+                     with_probs: bool = False) -> list[dict[str, Any]]:
+  """``evaluate`` for each member: one dict per member (K = 1: a list of one).
+
+  K > 1 runs the vmapped ``eval_fn`` (every member in one call per chunk) and
+  still fetches once.
+  """
+  if num_members == 1:
+    return [evaluate(eval_fn, state, data, chunks, with_probs=with_probs)]
+  total, probs = jax.device_get(eval_sums(eval_fn, state, data, chunks,
+                                          with_probs=with_probs))
+  out = []
+  for k in range(num_members):
+    ev = summarise_eval(members_lib.take(total, k))
+    if with_probs:
+      ev["probs"] = np.concatenate([np.asarray(p[k]) for p in probs])[:ev["count"]]
+    out.append(ev)
+  return out
+
+
+def with_branch_gate(state: Any, value: Any) -> Any:
+  """``state`` with the sequence branch's evaluation weight set (models with a cell head);
+  ``value`` is one weight, or one per member for a stacked state."""
   if "branch_gate" not in state.batch_stats:
     return state
   stats = dict(state.batch_stats)
-  stats["branch_gate"] = jnp.asarray(value, jnp.float32)
+  stats["branch_gate"] = jnp.broadcast_to(jnp.asarray(value, jnp.float32),
+                                          jnp.shape(stats["branch_gate"]))
   return state.replace(batch_stats=stats)
 
 
@@ -76,27 +100,69 @@ def select_branch_gate(run: Any, state: Any) -> tuple[Any, dict[str, Any] | None
   as trained) is chosen by validation accuracy, ties to the lower validation
   loss; test never takes part. Returns the state with the chosen weight (it
   then travels with the weights) and what was measured, or (state, None) for a
-  model without a cell head or an empty grid.
+  model without a cell head or an empty grid. Members choose their own weight
+  (K > 1: "chosen", "val_acc" and "val_loss" hold one entry per member).
   """
   grid = tuple(float(g) for g in run.config.train.get("branch_gate_grid", ()))
   if "branch_gate" not in state.batch_stats or not grid:
     return state, None
-  scores = [evaluate(run.fns.eval_chunk, with_branch_gate(state, g), run.data,
-                     run.chunks["val"]) for g in grid]
-  best = max(range(len(grid)), key=lambda i: (scores[i]["acc"], -scores[i]["loss"]))
-  logging.info("branch gate %.2f chosen on validation (val acc per gate %s)", grid[best],
-               {g: round(s["acc"], 4) for g, s in zip(grid, scores)})
-  return with_branch_gate(state, grid[best]), {
-      "chosen": grid[best], "grid": list(grid), "val_acc": [s["acc"] for s in scores],
-      "val_loss": [s["loss"] for s in scores]}
+  k = getattr(run, "num_members", 1)
+  scores = [evaluate_members(run.fns.eval_chunk, with_branch_gate(state, g), run.data,
+                             run.chunks["val"], k) for g in grid]   # [gate][member]
+  chosen, val_acc, val_loss = [], [], []
+  for m in range(k):
+    best = max(range(len(grid)), key=lambda i: (scores[i][m]["acc"], -scores[i][m]["loss"]))
+    chosen.append(grid[best])
+    val_acc.append([s[m]["acc"] for s in scores])
+    val_loss.append([s[m]["loss"] for s in scores])
+  logging.info("branch gate %s chosen on validation (val acc per gate %s)", chosen,
+               {g: [round(s[m]["acc"], 4) for m in range(k)] for g, s in zip(grid, scores)})
+  if k == 1:
+    chosen, val_acc, val_loss = chosen[0], val_acc[0], val_loss[0]
+  return with_branch_gate(state, chosen), {
+      "chosen": chosen, "grid": list(grid), "val_acc": val_acc, "val_loss": val_loss}
 
 
 def predict(run: Any, state: Any, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  """Class probabilities (N, C) for new, unlabelled sequences in eval mode."""
+  """Class probabilities (N, C) for new, unlabelled sequences in eval mode (K > 1
+  members: their ensemble, the mean of their probabilities)."""
   data = input_pipeline.device_arrays(x, np.zeros(len(x), np.int32), mask)
   chunks = input_pipeline.eval_chunks(np.arange(len(x)),
                                       input_pipeline.chunk_size(run.config, len(x)))
-  return evaluate(run.fns.eval_chunk, state, data, chunks, with_probs=True)["probs"]
+  evs = evaluate_members(run.fns.eval_chunk, state, data, chunks,
+                         getattr(run, "num_members", 1), with_probs=True)
+  return evs[0]["probs"] if len(evs) == 1 else members_lib.ensemble_probs(
+      [e["probs"] for e in evs])
+
+
+def _ensemble_evals(run: Any, state: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+  """Every split scored by the members' ensemble, and each member's own scores."""
+  split, y = np.asarray(run.dataset.split), np.asarray(run.dataset.y)
+  evals, per_member = {}, {}
+  for name in splits_lib.SPLITS:
+    evs = evaluate_members(run.fns.eval_chunk, state, run.data, run.chunks[name],
+                           run.num_members, with_probs=True)
+    y_split = y[split == splits_lib.SPLIT_IDS[name]]
+    evals[name] = members_lib.scores(members_lib.ensemble_probs([e["probs"] for e in evs]),
+                                     y_split)
+    per_member[name] = evs
+  return evals, per_member
+
+
+def _members_summary(run: Any, per_member: dict[str, list[dict[str, Any]]],
+                     meta: dict[str, Any]) -> dict[str, Any]:
+  """Each member's own numbers, and their mean and std, beside the ensemble's."""
+  out: dict[str, Any] = {"num_members": run.num_members,
+                         "seeds": members_lib.seeds(run.config),
+                         "best_epoch": list(meta["best_epoch"])}
+  for name, evs in per_member.items():
+    acc = [e["acc"] for e in evs]
+    out[f"{name}_acc"] = acc
+    out[f"{name}_acc_mean"] = float(np.mean(acc))
+    out[f"{name}_acc_std"] = float(np.std(acc))
+  gaps = [tr["acc"] - va["acc"] for tr, va in zip(per_member["train"], per_member["val"])]
+  out["acc_gap"], out["acc_gap_mean"] = gaps, float(np.mean(gaps))
+  return out
 
 
 def report_best(run: Any, workdir: str, ckpt: checkpoint_lib.Checkpointer,
@@ -110,9 +176,13 @@ def report_best(run: Any, workdir: str, ckpt: checkpoint_lib.Checkpointer,
   """
   state, meta = ckpt.restore_best(run.abstract_state)
   state, gate = select_branch_gate(run, state)
-  evals = {name: evaluate(run.fns.eval_chunk, state, run.data, run.chunks[name],
-                          with_probs=(name == "test"))
-           for name in splits_lib.SPLITS}
+  k = getattr(run, "num_members", 1)
+  if k == 1:
+    evals = {name: evaluate(run.fns.eval_chunk, state, run.data, run.chunks[name],
+                            with_probs=(name == "test"))
+             for name in splits_lib.SPLITS}
+  else:
+    evals, per_member = _ensemble_evals(run, state)
   split = np.asarray(run.dataset.split)
   results = report_lib.summarise(
       config=run.config,
@@ -122,10 +192,12 @@ def report_best(run: Any, workdir: str, ckpt: checkpoint_lib.Checkpointer,
       records=records,
       best_epoch=int(meta["epoch"]),
       early_stopped=es.should_stop,
-      num_params=models.count_params(state.params),
+      num_params=models.count_params(state.params) // k,
       wall_seconds=time.time() - t_start,
   )
   results["branch_gate"] = gate
+  if k > 1:
+    results["members"] = _members_summary(run, per_member, meta)
   report_lib.write_report(workdir, results, records)
   if on_best is not None:
     on_best(run, state, workdir)

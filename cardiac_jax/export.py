@@ -157,7 +157,8 @@ def export_model(run: Any, state: Any, workdir: str | os.PathLike, *,
                          "modality_values": {"single_cell": 0, "spatial": 1}},
       "walks": {"k_neighbors": int(config.data.sequences.k_neighbors),
                 "observed_fraction": float(config.data.sequences.observed_fraction)},
-      "branch_gate": None if gate is None else float(np.asarray(gate)),
+      "branch_gate": None if gate is None else np.asarray(gate, np.float64).tolist(),
+      "num_members": int(config.train.get("num_members", 1) or 1),
       "n_genes": int(len(preprocessor.gene_names)),
       "provenance": {"data_cache_key": str(meta.get("cache_key", "")),
                      "data": _data_stamp(config.data),
@@ -196,10 +197,13 @@ def export_if_possible(run: Any, state: Any, workdir: str | os.PathLike) -> path
 # ---------------------------------------------------------------- load
 
 
-@functools.partial(jax.jit, static_argnames="module")
-def _probs(variables: Any, x: jax.Array, mask: jax.Array, *, module: Any) -> jax.Array:
-  logits = module.apply(variables, x, mask, train=False)
-  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+@functools.partial(jax.jit, static_argnames=("module", "members"))
+def _probs(variables: Any, x: jax.Array, mask: jax.Array, *, module: Any,
+           members: int = 1) -> jax.Array:
+  """Eval-mode probabilities; a model of K > 1 members gives their mean (the ensemble)."""
+  def one(v):
+    return jax.nn.softmax(module.apply(v, x, mask, train=False).astype(jnp.float32), axis=-1)
+  return one(variables) if members == 1 else jnp.mean(jax.vmap(one)(variables), axis=0)
 
 
 @dataclasses.dataclass
@@ -223,6 +227,11 @@ class Model:
     return int(self.info["length"])
 
   @property
+  def num_members(self) -> int:
+    """Models whose probabilities are averaged (train.num_members of the run)."""
+    return int(self.info.get("num_members", 1))
+
+  @property
   def k_neighbors(self) -> int:
     return int(self.info["walks"]["k_neighbors"])
 
@@ -243,7 +252,7 @@ class Model:
       if pad:
         xs = np.concatenate([xs, np.zeros((pad,) + xs.shape[1:], np.float32)])
         ms = np.concatenate([ms, np.ones((pad,) + ms.shape[1:], np.float32)])
-      p = _probs(self.variables, xs, ms, module=self.model)
+      p = _probs(self.variables, xs, ms, module=self.model, members=self.num_members)
       out[start:start + size - pad] = np.asarray(p)[:size - pad]
     return out
 

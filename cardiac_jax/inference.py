@@ -16,7 +16,6 @@ from cardiac_jax import checkpoint as checkpoint_lib
 from cardiac_jax import evaluation
 from cardiac_jax import export as export_lib
 from cardiac_jax import fingerprint as fingerprint_lib
-from cardiac_jax import monitor
 from cardiac_jax import report as report_lib
 from cardiac_jax import train
 
@@ -52,7 +51,7 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, *,
       raise checkpoint_lib.CheckpointError(f"no readable checkpoint in {workdir}.")
     _, meta = restored
     fingerprint_lib.check_workdir(workdir, run.fingerprint, meta)
-    es = monitor.EarlyStopping.from_dict(meta["early_stopping"])
+    es = train.stopping_state(run.config, run.num_members, meta["early_stopping"])
     records = report_lib.truncate_metrics(
         os.path.join(workdir, report_lib.METRICS_FILE), int(meta["epoch"]))
     return evaluation.report_best(run, workdir, ckpt, records, es, t_start,

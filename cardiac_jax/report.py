@@ -177,6 +177,25 @@ def summarise(*, config: ml_collections.ConfigDict, evals: dict[str, dict[str, A
 # ---------------------------------------------------------------- files
 
 
+def _fmt(value: Any) -> str:
+  """A number, or a list of them (one per member), for the tables."""
+  if isinstance(value, (list, tuple)):
+    return ", ".join(f"{v:g}" for v in value)
+  return f"{value:g}"
+
+
+def _members_markdown(m: dict[str, Any]) -> list[str]:
+  """The members' own scores beside the ensemble's (runs with train.num_members > 1)."""
+  lines = ["", f"## Members ({m['num_members']}, seeds {_fmt(m['seeds'])}; the numbers above "
+           "are their ensemble: the mean of their probabilities)", "",
+           "| split | members' accuracy (mean ± std) | each member |", "|---|---|---|"]
+  for name in ("train", "val", "test"):
+    lines.append(f"| {name} | {m[f'{name}_acc_mean']:.4f} ± {m[f'{name}_acc_std']:.4f} | "
+                 + ", ".join(f"{a:.4f}" for a in m[f"{name}_acc"]) + " |")
+  lines.append(f"| best epoch | | {_fmt(m['best_epoch'])} |")
+  return lines
+
+
 def _markdown(results: dict[str, Any]) -> str:
   yes = lambda b: "yes" if b else "no"  # noqa: E731
   lines = [
@@ -196,7 +215,7 @@ def _markdown(results: dict[str, Any]) -> str:
       *([f"| {'/'.join(results['fate_classes'])} two-class accuracy (test) | "
          f"{results['fate_pair_acc']:.4f} |"] if results.get("fate_pair_acc") is not None else []),
       *([f"| sequence-branch gate (chosen on validation from "
-         f"{results['branch_gate']['grid']}) | {results['branch_gate']['chosen']:g} |"]
+         f"{results['branch_gate']['grid']}) | {_fmt(results['branch_gate']['chosen'])} |"]
         if results.get("branch_gate") else []),
       f"| training time (all epochs) | {results['train_seconds']:.1f} s |",
       f"| wall time (this call) | {results['wall_seconds']:.1f} s |",
@@ -205,6 +224,8 @@ def _markdown(results: dict[str, Any]) -> str:
   for c in results["criteria"].values():
     rule = c["rule"].replace("|", "\\|")
     lines.append(f"| {rule} | {c['value']:.4f} | {'PASS' if c['passed'] else 'FAIL'} |")
+  if results.get("members"):
+    lines += _members_markdown(results["members"])
   lines += ["", "## Per-class (test)", "", "| class | precision | recall | F1 | support |",
             "|---|---|---|---|---|"]
   for name, m in results["per_class"].items():

@@ -38,6 +38,7 @@ from cardiac_jax import evaluation
 from cardiac_jax import export as export_lib
 from cardiac_jax import fingerprint as fingerprint_lib
 from cardiac_jax import input_pipeline
+from cardiac_jax import members as members_lib
 from cardiac_jax import models
 from cardiac_jax import monitor
 from cardiac_jax import optim
@@ -203,20 +204,29 @@ class Compiled(NamedTuple):
 
 
 def compile_fns(model: Any, tx: optax.GradientTransformation,
-                schedules: optim.Schedules) -> Compiled:
+                schedules: optim.Schedules, num_members: int = 1) -> Compiled:
   """Binds the static model/optimizer/schedules and jits; the state is donated.
 
   Batches are split over the data-parallel mesh of all devices (one device:
-  a no-op); the state and dataset stay replicated (``parallel.place``).
+  a no-op); the state and dataset stay replicated (``parallel.place``). With
+  ``num_members`` K > 1 every function is vmapped over a leading member axis
+  of the state (and of the keys and the epoch's batch indices): K models in
+  one compiled epoch (``members``). K = 1 compiles exactly the plain functions.
   """
+  init = functools.partial(init_state, model=model, opt_init=jax.jit(tx.init))
+  epoch = functools.partial(train_epoch, model=model, tx=tx, schedules=schedules,
+                            batch_sharding=parallel.batch_sharding())
+  evaluate = functools.partial(eval_chunk, model=model,
+                               batch_sharding=parallel.batch_sharding())
+  if num_members > 1:
+    init = jax.jit(jax.vmap(init, in_axes=(0, None, None)))
+    epoch = jax.vmap(epoch, in_axes=(0, None, 0, 0))
+    evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None)))
   return Compiled(
-      init=functools.partial(init_state, model=model, opt_init=jax.jit(tx.init)),
-      train_epoch=jax.jit(
-          functools.partial(train_epoch, model=model, tx=tx, schedules=schedules,
-                            batch_sharding=parallel.batch_sharding()),
-          donate_argnums=0, compiler_options=parallel.compiler_options()),
-      eval_chunk=functools.partial(eval_chunk, model=model,
-                                   batch_sharding=parallel.batch_sharding()),
+      init=init,
+      train_epoch=jax.jit(epoch, donate_argnums=0,
+                          compiler_options=parallel.compiler_options()),
+      eval_chunk=evaluate,
   )
 
 
@@ -243,7 +253,8 @@ def _model_and_fns(config: ml_collections.ConfigDict, num_classes: int, length: 
     scheds = optim.make_schedules(config, spe, spe * config.train.num_epochs)
     tx = optim.make_optimizer(config, scheds)
     model = models.model_from_config(config, num_classes, length)
-    _COMPILED[key] = (model, scheds, compile_fns(model, tx, scheds))
+    _COMPILED[key] = (model, scheds,
+                      compile_fns(model, tx, scheds, members_lib.num_members(config)))
   _COMPILED[key] = _COMPILED.pop(key)   # most recently used last: evicted last
   return _COMPILED[key]
 
@@ -263,6 +274,7 @@ class Run(NamedTuple):
   fingerprint: dict[str, Any]
   init_rng: jax.Array
   train_rng: jax.Array
+  num_members: int = 1
 
 
 def build_run(config: ml_collections.ConfigDict, dataset: Any) -> Run:
@@ -280,13 +292,18 @@ def build_run(config: ml_collections.ConfigDict, dataset: Any) -> Run:
   chunk = input_pipeline.chunk_size(config, len(dataset.y))
   chunks = {name: input_pipeline.eval_chunks(np.flatnonzero(split == sid), chunk)
             for name, sid in splits_lib.SPLIT_IDS.items()}
-  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  k = members_lib.num_members(config)
+  if k == 1:
+    init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  else:   # member k: the keys of the run with seed + k
+    keys = [jax.random.split(jax.random.key(s)) for s in members_lib.seeds(config)]
+    init_rng, train_rng = (jnp.stack([pair[i] for pair in keys]) for i in (0, 1))
   sample_x, sample_mask = data["x"][:1], data["mask"][:1]
   abstract_state = parallel.abstract_like(
       jax.eval_shape(fns.init, init_rng, sample_x, sample_mask))
   fp = fingerprint_lib.fingerprint(config, input_pipeline.data_key(dataset))
   return Run(config, dataset, model, scheds, fns, data, train_pos, chunks, spe,
-             abstract_state, fp, init_rng, train_rng)
+             abstract_state, fp, init_rng, train_rng, k)
 
 
 def open_run(config: ml_collections.ConfigDict, workdir: str,
@@ -308,37 +325,97 @@ def _run_epoch(run: Run, state: TrainState, epoch: int) -> tuple[TrainState, dic
   Returns the state and the fetched {"train_sums", "train_eval", "val_eval", "step",
   "param_norm"}.
   """
-  order = input_pipeline.stratified_order(
-      run.dataset.y[run.train_pos], run.config.train.batch_size, run.config.seed, epoch)
-  idx = parallel.place_batches(run.train_pos[order].astype(np.int32), batch_axis=1)
+  y_train = run.dataset.y[run.train_pos]
+  orders = [run.train_pos[input_pipeline.stratified_order(
+      y_train, run.config.train.batch_size, seed, epoch)].astype(np.int32)
+            for seed in members_lib.seeds(run.config)]
+  stacked = run.num_members > 1
+  idx = parallel.place_batches(np.stack(orders) if stacked else orders[0],
+                               batch_axis=2 if stacked else 1)
   state, sums = run.fns.train_epoch(state, run.data, idx, run.train_rng)
   train_total, val_total = (
       evaluation.eval_sums(run.fns.eval_chunk, state, run.data, run.chunks[name])[0]
       for name in ("train", "val"))
+  norm = jax.vmap(optax.tree.norm) if stacked else optax.tree.norm
   fetched = jax.device_get({"train_sums": sums, "train_eval": train_total,
                             "val_eval": val_total, "step": state.step,
-                            "param_norm": optax.tree.norm(state.params)})
+                            "param_norm": norm(state.params)})
   return state, fetched
 
 
-def _init_or_resume(run: Run, workdir: str, ckpt: checkpoint_lib.Checkpointer,
-                    es: monitor.EarlyStopping) -> tuple[TrainState, int, monitor.EarlyStopping]:
-  """A fresh state at epoch 0, or the newest checkpoint's state, epoch and stopping state."""
+def _epoch_record(run: Run, fetched: dict[str, Any], epoch: int,
+                  seconds: float) -> dict[str, Any]:
+  """One member's metrics.jsonl record (K = 1: the run's) from its fetched values."""
+  sums, step = fetched["train_sums"], int(fetched["step"])
+  train_eval = evaluation.summarise_eval(fetched["train_eval"])
+  val_eval = evaluation.summarise_eval(fetched["val_eval"])
+  monitor.check_finite(epoch, step, sums, train_eval, val_eval)
+  return monitor.epoch_record(
+      epoch=epoch, step=step, sums=sums, steps=run.steps_per_epoch,
+      param_norm=float(fetched["param_norm"]), train_eval=train_eval,
+      val_eval=val_eval, seconds=seconds, monitor_cfg=run.config.monitor)
+
+
+def _record_epoch(run: Run, fetched: dict[str, Any], epoch: int, seconds: float,
+                  es: Any) -> tuple[dict[str, Any], Any]:
+  """The epoch's record and the early-stopping state after it.
+
+  K > 1: each member still training gets its own record and stopping update;
+  the line written is ``members.mean_record`` of them.
+  """
+  metric = run.config.train.early_stopping_metric
+  if run.num_members == 1:
+    record = _epoch_record(run, fetched, epoch, seconds)
+    es = es.update(record[metric])
+  else:
+    per = [_epoch_record(run, members_lib.take(fetched, k), epoch, seconds) if live else None
+           for k, live in enumerate(es.active)]
+    es = es.update([float("nan") if r is None else r[metric] for r in per])
+    for r, member in zip(per, es.members):
+      if r is not None:
+        r["best_epoch"] = member.best_epoch
+    record = members_lib.mean_record(per, run.config.monitor)
+  record["best_epoch"] = es.best_epoch
+  return record, es
+
+
+def stopping_state(config: ml_collections.ConfigDict, k: int,
+                   stored: dict[str, Any] | None = None) -> Any:
+  """Early-stopping state, fresh or from checkpoint metadata (patience from the config)."""
+  metric, patience = config.train.early_stopping_metric, config.train.early_stopping_patience
+  if stored is None:
+    return (monitor.EarlyStopping.for_metric(metric, patience) if k == 1 else
+            members_lib.MemberStopping.for_metric(metric, patience, k))
+  if k == 1:
+    return monitor.EarlyStopping.from_dict({**stored, "patience": patience})
+  return members_lib.MemberStopping.from_dict(stored, patience)
+
+
+def _init_or_resume(run: Run, workdir: str, ckpt: checkpoint_lib.Checkpointer
+                    ) -> tuple[TrainState, int, Any, TrainState | None]:
+  """A fresh state at epoch 0, or the newest checkpoint's state, epoch and stopping state.
+
+  The fourth value is, for K > 1 members, the best-so-far state that the next
+  improvements merge into (None for K = 1 and for a fresh start).
+  """
   restored = ckpt.restore_latest(run.abstract_state)
   if restored is None:
-    return parallel.place(run.fns.init(run.init_rng, run.data["x"][:1],
-                                       run.data["mask"][:1])), 0, es
+    state = parallel.place(run.fns.init(run.init_rng, run.data["x"][:1],
+                                        run.data["mask"][:1]))
+    return state, 0, stopping_state(run.config, run.num_members), None
   state, meta = restored
   fingerprint_lib.check_workdir(workdir, run.fingerprint, meta)
   logging.info("Resuming %s from epoch %d (step %d).", workdir, int(meta["epoch"]),
-               int(jax.device_get(state.step)))
+               int(np.max(jax.device_get(state.step))))
   # Patience may change on resume; the counters carry over.
-  es = monitor.EarlyStopping.from_dict(
-      {**meta["early_stopping"], "patience": run.config.train.early_stopping_patience})
-  return parallel.place(state), int(meta["epoch"]), es
+  es = stopping_state(run.config, run.num_members, meta["early_stopping"])
+  best = None
+  if run.num_members > 1 and ckpt.best_epoch() is not None:
+    best = parallel.place(ckpt.restore_best(run.abstract_state)[0])
+  return parallel.place(state), int(meta["epoch"]), es, best
 
 
-def _checkpoint_meta(run: Run, epoch: int, es: monitor.EarlyStopping) -> dict[str, Any]:
+def _checkpoint_meta(run: Run, epoch: int, es: Any) -> dict[str, Any]:
   return {"epoch": epoch, "early_stopping": es.to_dict(), "best_value": es.best_value,
           "best_epoch": es.best_epoch, "fingerprint": run.fingerprint,
           "data_key": run.fingerprint["data.cache_key"], "seed": run.config.seed}
@@ -373,16 +450,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   os.makedirs(workdir, exist_ok=True)
   config = run.config
   metrics_path = os.path.join(workdir, report_lib.METRICS_FILE)
-  es = monitor.EarlyStopping.for_metric(config.train.early_stopping_metric,
-                                        config.train.early_stopping_patience)
 
   with checkpoint_lib.Checkpointer(workdir, config.train.keep_checkpoints) as ckpt:
-    state, start, es = _init_or_resume(run, workdir, ckpt, es)
+    state, start, es, best = _init_or_resume(run, workdir, ckpt)
     fingerprint_lib.write_config_file(workdir, config, run.fingerprint)
     records = report_lib.truncate_metrics(metrics_path, start)
-    logging.info("%d training sequences, %d steps/epoch, %d epochs, %d parameters.",
+    logging.info("%d training sequences, %d steps/epoch, %d epochs, %d parameters%s.",
                  len(run.train_pos), run.steps_per_epoch, config.train.num_epochs,
-                 models.count_params(state.params))
+                 models.count_params(state.params) // run.num_members,
+                 f" x {run.num_members} members" if run.num_members > 1 else "")
 
     bar = _progress(config, start, config.train.num_epochs)
     try:
@@ -391,19 +467,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           break
         t0 = time.time()
         state, fetched = _run_epoch(run, state, epoch)
-        sums, step = fetched["train_sums"], int(fetched["step"])
-        train_eval = evaluation.summarise_eval(fetched["train_eval"])
-        val_eval = evaluation.summarise_eval(fetched["val_eval"])
-        monitor.check_finite(epoch, step, sums, train_eval, val_eval)
-        record = monitor.epoch_record(
-            epoch=epoch, step=step, sums=sums, steps=run.steps_per_epoch,
-            param_norm=float(fetched["param_norm"]), train_eval=train_eval,
-            val_eval=val_eval, seconds=time.time() - t0, monitor_cfg=config.monitor)
-        es = es.update(record[config.train.early_stopping_metric])
-        record["best_epoch"] = es.best_epoch
+        record, es = _record_epoch(run, fetched, epoch, time.time() - t0, es)
         report_lib.append_metrics(metrics_path, record)
         records.append(record)
-        ckpt.save(epoch, state, _checkpoint_meta(run, epoch, es), best=es.improved)
+        improved = bool(np.any(es.improved))
+        if run.num_members > 1 and improved:   # each member's own best weights
+          best = members_lib.merge_best(state if best is None else best, state, es.improved)
+        ckpt.save(epoch, state, _checkpoint_meta(run, epoch, es), best=improved,
+                  best_state=best)
         monitor.log_epoch(record, config)
         bar.update(1)
         bar.set_postfix(val_acc=f"{record['val_acc']:.3f}", gap=f"{record['acc_gap']:+.3f}")

@@ -4,6 +4,12 @@
   python experiments/bench_train.py --config=configs/scale3.py --skip_data --steps=64
   python experiments/bench_train.py --config=configs/scale3.py --real_data
   python experiments/bench_train.py --config=configs/scale3.py --skip_data --peak_tflops=989  # H100 bf16
+  python experiments/bench_train.py --config=configs/scale3.py --skip_data --members=1,2,4,8
+
+``--members`` times ``train.num_members = K`` (K models vmapped in one epoch
+call, each with its own data order) for each K, interleaved over the repeats
+so a busy machine disturbs every K alike: aggregate sequences/s (K x batch x
+steps / time), per-member step time, and the fraction of the matmul rate.
 
 Training is timed exactly as ``train.py`` runs it: ``run.fns.train_epoch``, the
 jitted ``lax.scan`` over a device-resident dataset with the state donated, on
@@ -54,6 +60,7 @@ _REAL = flags.DEFINE_bool("real_data", False, "Use the config's (cached) dataset
 _SKIP_DATA = flags.DEFINE_bool("skip_data", False, "Skip the data-pipeline stage timings.")
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0 = none).")
 _MATMUL_N = flags.DEFINE_integer("matmul_size", 2048, "n of the n x n reference matmul.")
+_MEMBERS = flags.DEFINE_list("members", [], "Also time train.num_members = K for each K.")
 
 
 def _peak_rss_mb() -> float:
@@ -179,6 +186,42 @@ def bench_training(run: train.Run, steps: int, repeats: int) -> dict[str, Any]:
   }
 
 
+def bench_members(config: Any, ds: Any, ks: list[int], steps: int, repeats: int,
+                  flops_per_step: float) -> dict[int, dict[str, Any]]:
+  """Epoch calls of K vmapped members, timed round-robin over the Ks (best of repeats)."""
+  calls, out = {}, {}
+  for k in ks:
+    cfg = config.copy_and_resolve_references()
+    cfg.train.num_members = int(k)
+    run = train.build_run(cfg, ds)
+    state = parallel.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
+    one = _epoch_indices(run, steps)
+    idx = np.stack([one] * k) if k > 1 else one
+    idx = parallel.place_batches(idx, batch_axis=2 if k > 1 else 1)
+    t0 = time.perf_counter()
+    compiled = run.fns.train_epoch.lower(state, run.data, idx, run.train_rng).compile()
+    holder = {"state": state}
+
+    def call(compiled=compiled, holder=holder, run=run, idx=idx):
+      holder["state"], sums = compiled(holder["state"], run.data, idx, run.train_rng)
+      return sums
+    _best(call, 1)
+    calls[k] = call
+    out[k] = {"compile_s": time.perf_counter() - t0, "times": []}
+  for _ in range(repeats):
+    for k in ks:
+      out[k]["times"] += _best(calls[k], 1)
+  batch = config.train.batch_size
+  for k in ks:
+    best = min(out[k].pop("times"))
+    out[k].update(seq_per_s=k * steps * batch / best, step_ms_per_member=1e3 * best / steps / k,
+                  gflops_per_s=k * flops_per_step * steps / best / 1e9)
+  base = out[ks[0]]["seq_per_s"]
+  for k in ks:
+    out[k]["vs_first"] = out[k]["seq_per_s"] / base
+  return out
+
+
 def bench_eval(run: train.Run, repeats: int) -> dict[str, Any]:
   """Eval-mode throughput over the validation split, as ``evaluation.evaluate`` runs it."""
   state = parallel.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
@@ -218,8 +261,13 @@ def main(argv):
   mm_before = matmul_gflops(_MATMUL_N.value, dtype)
   tr = bench_training(run, _STEPS.value, _REPEATS.value)
   ev = bench_eval(run, _REPEATS.value)
+  ks = [int(k) for k in _MEMBERS.value]
+  mem = bench_members(run.config, ds, ks, _STEPS.value, _REPEATS.value,
+                      tr["flops_per_step_xla"]) if ks else {}
   mm = max(mm_before, matmul_gflops(_MATMUL_N.value, dtype))
   tr["fraction_of_matmul"] = tr["gflops_per_s"] / mm
+  for v in mem.values():
+    v["fraction_of_matmul"] = v["gflops_per_s"] / mm
   if _PEAK.value > 0:
     tr["mfu"] = tr["gflops_per_s"] / (1e3 * _PEAK.value)
 
@@ -233,7 +281,7 @@ def main(argv):
              "dtype": jnp.dtype(dtype).name,
              "params": models.count_params(parallel.place(run.fns.init(
                  run.init_rng, run.data["x"][:1], run.data["mask"][:1])).params)},
-      train=tr, eval=ev, data_pipeline=data_result,
+      train=tr, eval=ev, data_pipeline=data_result, members={str(k): v for k, v in mem.items()},
       matmul={"n": _MATMUL_N.value, "dtype": jnp.dtype(dtype).name, "gflops_per_s": mm},
       peak_tflops=_PEAK.value or None,
       devices={"count": jax.device_count(), "kind": jax.devices()[0].device_kind,
@@ -265,6 +313,12 @@ def main(argv):
   ]
   for name, value in rows:
     print(f"{name:<20}{value}")
+  if mem:
+    print(f"\n{'members K':<12}{'seq/s (all)':>12}{'x K=' + str(ks[0]):>9}{'ms/step/member':>16}"
+          f"{'% matmul':>10}")
+    for k, v in mem.items():
+      print(f"{k:<12}{v['seq_per_s']:>12.1f}{v['vs_first']:>9.2f}{v['step_ms_per_member']:>16.2f}"
+            f"{100 * v['fraction_of_matmul']:>10.1f}")
   if data_result:
     print(f"\n{'data stage':<18}{'seconds':>10}{'peak RSS MB':>14}")
     for name, v in data_result["stages"].items():

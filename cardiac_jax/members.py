@@ -1,0 +1,138 @@
+"""Several models trained as one: ``train.num_members = K``.
+
+Why: every honest verdict here needs several seeds, and an ensemble of seeds
+is the cheapest way to generalise better; trained one after another each
+costs a whole run, and a small model (32 x 80 tokens at width 64) cannot fill
+a GPU or even both CPU cores. So K members share one compiled epoch: the train
+state gains a leading member axis and the epoch is ``jax.vmap``-ed over it.
+
+Member k is the K = 1 run with ``seed + k``: its own init and dropout keys and
+its own stratified data order (``default_rng([seed + k, epoch])``), so member k
+equals the separate run of that seed up to float summation order (the tests
+check it) and the members are as diverse as separate runs. Each member has its
+own early stopping and best epoch; the run ends when every member has stopped.
+A stopped member keeps being stepped (the vmap has no holes) but its metrics
+are no longer recorded and its best weights are frozen. The best checkpoint
+holds every member's own best weights (``merge_best``).
+
+The ensemble predicts the mean of the members' probabilities.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cardiac_jax import monitor
+from cardiac_jax.errors import ConfigError
+
+
+def num_members(config: ml_collections.ConfigDict) -> int:
+  """K of ``train.num_members`` (1 when absent: configs from before it existed)."""
+  k = config.train.get("num_members", 1)
+  k = 1 if k is None else int(k)
+  if k < 1:
+    raise ConfigError(f"train.num_members must be >= 1 (1 = one model; K > 1 trains K seeds "
+                      f"together as an ensemble), got {k}.")
+  return k
+
+
+def seeds(config: ml_collections.ConfigDict) -> list[int]:
+  """Each member's training seed: ``seed + k``."""
+  return [int(config.seed) + k for k in range(num_members(config))]
+
+
+def take(tree: Any, k: int) -> Any:
+  """Member ``k`` of a stacked pytree (host or device arrays)."""
+  return jax.tree.map(lambda a: a[k], tree)
+
+
+def merge_best(best: Any, state: Any, improved: Sequence[bool]) -> Any:
+  """``best`` with the members that just improved replaced by ``state``'s."""
+  mask = jnp.asarray(np.asarray(improved, bool))
+
+  def pick(b, s):
+    return jnp.where(mask.reshape((-1,) + (1,) * (s.ndim - 1)), s, b)
+  return jax.tree.map(pick, best, state)
+
+
+def ensemble_probs(member_probs: np.ndarray) -> np.ndarray:
+  """The ensemble's prediction: the mean of the members' probabilities (axis 0)."""
+  return np.mean(np.asarray(member_probs, np.float64), axis=0).astype(np.float32)
+
+
+def scores(probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+  """Accuracy and cross-entropy of probabilities, the shape of ``evaluation.evaluate``."""
+  probs, y = np.asarray(probs), np.asarray(y)
+  picked = np.clip(probs[np.arange(len(y)), y], 1e-12, None)
+  return {"acc": float(np.mean(np.argmax(probs, -1) == y)),
+          "loss": float(-np.mean(np.log(picked))), "count": int(len(y)), "probs": probs}
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberStopping:
+  """One ``monitor.EarlyStopping`` per member; stopped members are left as they stopped."""
+  members: tuple[monitor.EarlyStopping, ...]
+
+  @classmethod
+  def for_metric(cls, metric: str, patience: int, k: int) -> "MemberStopping":
+    return cls(tuple(monitor.EarlyStopping.for_metric(metric, patience) for _ in range(k)))
+
+  def update(self, values: Sequence[float]) -> "MemberStopping":
+    new = tuple(dataclasses.replace(es, improved=False) if es.should_stop else es.update(v)
+                for es, v in zip(self.members, values))
+    return MemberStopping(new)
+
+  @property
+  def active(self) -> list[bool]:
+    """Members still training (before this epoch's update)."""
+    return [not es.should_stop for es in self.members]
+
+  @property
+  def improved(self) -> list[bool]:
+    return [es.improved for es in self.members]
+
+  @property
+  def should_stop(self) -> bool:
+    return all(es.should_stop for es in self.members)
+
+  @property
+  def best_epoch(self) -> list[int]:
+    return [es.best_epoch for es in self.members]
+
+  @property
+  def best_value(self) -> list[float | None]:
+    return [es.best_value for es in self.members]
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"members": [es.to_dict() for es in self.members]}
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any], patience: int | None = None) -> "MemberStopping":
+    return cls(tuple(monitor.EarlyStopping.from_dict(
+        {**m, **({} if patience is None else {"patience": patience})}) for m in d["members"]))
+
+
+def mean_record(records: Sequence[dict[str, Any] | None],
+                monitor_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The epoch's line of metrics.jsonl for K > 1: numeric fields averaged over the
+  members still training (what the learning curves draw and the log prints; its
+  overfitting level is the mean gap's), each member's own record under "members"
+  (null once it has stopped)."""
+  live = [r for r in records if r is not None]
+  out: dict[str, Any] = {}
+  for key, value in live[0].items():
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      out[key] = value
+    elif key in ("epoch", "step"):
+      out[key] = value
+    else:
+      out[key] = float(np.mean([r[key] for r in live]))
+  out["overfitting"] = monitor.overfitting_level(out["acc_gap"], monitor_cfg.moderate_gap,
+                                                 monitor_cfg.significant_gap)
+  out["members"] = list(records)
+  return out
