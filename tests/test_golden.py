@@ -28,8 +28,8 @@ from cardiac_jax.data.dataset import SequenceDataset  # noqa: E402
 
 GOLDEN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden_values.json")
 # Relative. float32 results differ between CPUs (the vector width XLA compiles
-# for changes summation order): 7e-6 relative on params_sum between two 2-core
-# EPYC hosts of this project, so 1e-6 failed on a clean main. 1e-4 still catches
+# for changes summation order): 7e-6 relative on params_sum between this
+# project's AMD EPYC host and an Intel Xeon one, so 1e-6 failed on a clean main. 1e-4 still catches
 # tiny deliberate changes (measured: learning rate x 1.01 moves the loss by
 # 2.5e-4 and lr by 1e-2; label smoothing 0.150 -> 0.151 the grad norm by 8e-4).
 TOLERANCE = 1e-4
