@@ -50,7 +50,8 @@ MODEL_JSON = "model.json"
 VARIABLES_FILE = "variables.npz"
 PREPROCESSOR_FILE = "preprocessor.npz"
 FORMAT_VERSION = 1
-# Sequences per jitted call of ``predict_sequences`` (one compilation; padded).
+# Sequences per jitted call of ``predict_sequences`` (one compilation; padded) when
+# the model's config has no train.eval_batch_size.
 PREDICT_CHUNK = 1024
 
 
@@ -235,9 +236,22 @@ class Model:
   def k_neighbors(self) -> int:
     return int(self.info["walks"]["k_neighbors"])
 
+  @property
+  def predict_chunk(self) -> int:
+    """Sequences per jitted call: the run's ``train.eval_batch_size``, as its evaluation.
+
+    64 by default: on a 2-core CPU 2.3x the throughput of 1024-sequence chunks with
+    a sixteenth of XLA's temporary memory (scale3 model, length 80).
+    """
+    return int(self.config.get("train", {}).get("eval_batch_size", None) or PREDICT_CHUNK)
+
   def predict_sequences(self, x: np.ndarray, mask: np.ndarray, *,
-                        chunk: int = PREDICT_CHUNK) -> np.ndarray:
-    """Class probabilities (N, C) in eval mode, in fixed-size padded chunks (one compile)."""
+                        chunk: int | None = None) -> np.ndarray:
+    """Class probabilities (N, C) in eval mode, in fixed-size padded chunks (one compile).
+
+    ``chunk`` None = ``predict_chunk``.
+    """
+    chunk = self.predict_chunk if chunk is None else chunk
     x, mask = np.asarray(x, np.float32), np.asarray(mask, np.float32)
     expected = (self.length, int(self.info["num_features"]))
     if x.ndim != 3 or x.shape[1:] != expected or mask.shape != x.shape[:2]:

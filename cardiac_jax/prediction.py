@@ -20,7 +20,8 @@ Consequences worth knowing:
   the new data has, so a very different gene panel shifts the embedding.
 
 Memory: the embedding is computed in row chunks and walks/predictions in blocks
-of ``BLOCK_CELLS`` anchors (x of one block: n_walks x BLOCK_CELLS x L x F floats),
+of ``BLOCK_CELLS`` anchors, one walk per anchor at a time (x: BLOCK_CELLS x L x F
+floats, 34 MB at L = 80, F = 52; the walks' probabilities are summed per anchor),
 so 230K cells stream through in bounded memory; the walk streams are seeded per
 (seed, block, walk), so results do not depend on the prediction chunk size.
 """
@@ -36,10 +37,11 @@ import numpy as np
 
 from cardiac_jax import export as export_lib
 from cardiac_jax import fileio
+from cardiac_jax import progress as progress_lib
 from cardiac_jax.data.errors import DataError
 
 BLOCK_CELLS = 2048          # anchors per walk/prediction block (fixes the rng streams)
-TRANSFORM_CHUNK = 20_000    # rows embedded at once
+TRANSFORM_CHUNK = 5_000     # rows embedded at once (dense temporaries: ~4 x rows x genes floats)
 MIN_GENE_FRACTION = 0.5     # of the model's genes the new data must carry
 
 
@@ -118,15 +120,10 @@ def embed(counts: Any, gene_names: np.ndarray, pp: Any,
   return out
 
 
-def _progress(total: int, enabled: bool):
-  from tqdm import auto as tqdm_auto  # pylint: disable=g-import-not-at-top
-  return tqdm_auto.tqdm(total=total, unit="cells", disable=not enabled, desc="predict")
-
-
 def predict(adata: Any, model: Any, *, time_key: str = "diffday",
             counts_layer: str | None = None, n_walks: int = 8,
             key_added: str = "cardiac_jax", copy: bool = False, seed: int = 0,
-            min_gene_fraction: float = MIN_GENE_FRACTION, progress: bool = True) -> Any:
+            min_gene_fraction: float = MIN_GENE_FRACTION, progress: bool | None = None) -> Any:
   """Predicts the population each cell's lineage path ends in, into the AnnData.
 
   Args:
@@ -140,7 +137,8 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
     copy: annotate and return a copy instead of ``adata`` itself.
     seed: seed of the walks (the result is deterministic given it).
     min_gene_fraction: the fraction of the model's genes the data must carry.
-    progress: a tqdm progress bar over the prediction blocks.
+    progress: a tqdm progress bar over the prediction blocks; None (default) = in
+      a terminal or a notebook only (``cardiac_jax.progress.enabled``).
 
   Returns:
     The annotated AnnData (``adata`` itself unless ``copy``), with
@@ -191,19 +189,19 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
   time_value = sequences.time_feature(time_index, len(model.time_labels))
   fraction = float(model.info["walks"].get("observed_fraction", 1.0))
   probs = np.empty((n, len(model.class_names)), np.float32)
-  bar = _progress(n, progress)
+  bar = progress_lib.bar(n, desc="predict", unit="cells", progress=progress)
   try:
     for b, start in enumerate(range(0, n, BLOCK_CELLS)):
       anchors = np.arange(start, min(start + BLOCK_CELLS, n), dtype=np.int64)
-      src = np.concatenate([
-          sequences.walk(graph, anchors, length, np.random.default_rng([seed, b, w]))
-          for w in range(n_walks)])
-      x = sequences.assemble_features(pcs, src, time_value, 0)
-      mask = np.ones(src.shape, np.float32)
-      if fraction < 1.0:
-        x, mask = sequences.apply_horizon(x, mask, fraction)
-      p = model.predict_sequences(x, mask)
-      probs[anchors] = p.reshape(n_walks, anchors.size, -1).mean(axis=0)
+      total = np.zeros((anchors.size, len(model.class_names)), np.float32)
+      for w in range(n_walks):    # one walk per anchor at a time: x is BLOCK_CELLS x L x F
+        src = sequences.walk(graph, anchors, length, np.random.default_rng([seed, b, w]))
+        x = sequences.assemble_features(pcs, src, time_value, 0)
+        mask = np.ones(src.shape, np.float32)
+        if fraction < 1.0:
+          x, mask = sequences.apply_horizon(x, mask, fraction)
+        total += model.predict_sequences(x, mask)
+      probs[anchors] = total / n_walks
       bar.update(anchors.size)
   finally:
     bar.close()
@@ -214,6 +212,8 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
   adata.obs[f"{key_added}_confidence"] = probs.max(axis=1)
   adata.obsm[f"{key_added}_probs"] = probs
   adata.obsm[f"X_pca_{key_added}"] = pcs
+  # A UMAP of an earlier embedding would be reused by viz.embedding_2d_for: drop it.
+  adata.obsm.pop(f"X_umap_{key_added}", None)
   days = [model.time_labels[i] for i in np.unique(time_index)]
   adata.uns[key_added] = {
       "model_path": str(model.path),
@@ -270,18 +270,26 @@ def predict_file(model_path: str | os.PathLike, input_path: str | os.PathLike,
   model = export_lib.load_model(model_path)
   adata = ingest.load_h5ad(input_path)
   adata = predict(adata, model, **kwargs)
-  with contextlib.ExitStack() as stack:
-    tmp_h5ad = stack.enter_context(fileio.atomic_path(output_path))
-    tmp_csv = stack.enter_context(fileio.atomic_path(csv_path))
-    adata.write_h5ad(tmp_h5ad)
-    predictions_table(adata, kwargs.get("key_added", "cardiac_jax")).to_csv(tmp_csv, index=False)
-  written = {"h5ad": output_path, "csv": csv_path}
+  written = write_predictions(adata, output_path, csv_path,
+                              key_added=kwargs.get("key_added", "cardiac_jax"))
   if plots_dir:
     from cardiac_jax import viz  # pylint: disable=g-import-not-at-top
     written.update(viz.plot_predictions(
         adata, plots_dir, key_added=kwargs.get("key_added", "cardiac_jax"),
         time_key=kwargs.get("time_key", "diffday"), true_key=true_key))
   return written
+
+
+def write_predictions(adata: Any, output_path: str | os.PathLike, csv_path: str | os.PathLike,
+                      *, key_added: str = "cardiac_jax") -> dict[str, pathlib.Path]:
+  """Writes the annotated h5ad and the predictions table together, atomically."""
+  output_path, csv_path = pathlib.Path(output_path), pathlib.Path(csv_path)
+  with contextlib.ExitStack() as stack:
+    tmp_h5ad = stack.enter_context(fileio.atomic_path(output_path))
+    tmp_csv = stack.enter_context(fileio.atomic_path(csv_path))
+    adata.write_h5ad(tmp_h5ad)
+    predictions_table(adata, key_added).to_csv(tmp_csv, index=False)
+  return {"h5ad": output_path, "csv": csv_path}
 
 
 # ---------------------------------------------------------------- CLI

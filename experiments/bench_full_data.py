@@ -2,6 +2,8 @@
 
   python experiments/bench_full_data.py --n_cells=230786 --n_genes=2000 \
       --workdir=/tmp/full --stages=simulate,write_geo,convert,build
+  python experiments/bench_full_data.py --n_cells=230786 --n_genes=2000 \
+      --workdir=/tmp/full --stages=simulate --predict       # + predict on the cells
 
 Every stage runs in its own child process (this script re-invoked with --stage),
 so the peak resident memory reported for a stage is that child's own maximum
@@ -11,12 +13,25 @@ h5ad files and requires the round trip to reproduce the counts (CSR arrays),
 cell and gene names and the text obs columns exactly (float columns to a
 relative 1e-6: they pass through TSV text).
 
+``--predict`` adds ``cardiac_jax.predict`` on the simulated cells.h5ad, as the
+command line runs it (load the model and the h5ad, predict, write the annotated
+h5ad and predictions.csv; no plots). Its model is ``--model``, or, when that is
+empty, one trained first by a ``train_model`` child: the --preset's
+architecture and feature layout (walk length, HVG, PCs, k, width, depth) for
+--train_epochs epochs on a small simulation (--train_cells cells with the same
+genes, simulator seed --seed + 1, so none of the predicted cells was seen in
+training; no spatial data). The prediction's cost depends on that layout, not on
+how well the model was trained; its accuracy on the cells' true labels is
+reported for information.
+
 Targets (GSE175634 size, 230,786 cells): simulate + build under 5 minutes and
 every stage under 8 GB peak RSS.
 
 Outputs in --workdir: ``cells.h5ad`` (simulated), ``geo/`` (the four GEO files),
-``geo.h5ad`` (converted), ``cache/`` (the dataset cache) and
-``bench_full_data.json`` (the table below, with the build's own stage timings).
+``geo.h5ad`` (converted), ``cache/`` (the dataset cache), with --predict
+``model_run/`` (the trained model, unless --model), ``predicted.h5ad`` and
+``predictions.csv``, and ``bench_full_data.json`` (the table below, with the
+build's own stage timings).
 """
 from __future__ import annotations
 
@@ -47,12 +62,20 @@ _PRESET = flags.DEFINE_string("preset", "scale3", "config_lib preset of the buil
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/full", "Folder for the data files and results.")
 _STAGES = flags.DEFINE_list("stages", list(STAGES), f"Stages to run, in order; of {STAGES}.")
 _STAGE = flags.DEFINE_string("stage", "", "Internal: run this one stage in this process.")
+_PREDICT = flags.DEFINE_bool("predict", False, "After --stages, predict on cells.h5ad.")
+_MODEL = flags.DEFINE_string("model", "", "Exported model for --predict; '' = train one "
+                             "(train_model stage).")
+_N_WALKS = flags.DEFINE_integer("n_walks", 8, "Walks per cell in --predict.")
+_TRAIN_CELLS = flags.DEFINE_integer("train_cells", 6_000, "Cells simulated to train the "
+                                    "--predict model.")
+_TRAIN_EPOCHS = flags.DEFINE_integer("train_epochs", 2, "Epochs of the --predict model.")
 
 
 def _paths(workdir: pathlib.Path) -> dict[str, pathlib.Path]:
   return {"cells": workdir / "cells.h5ad", "geo_dir": workdir / "geo",
           "geo_h5ad": workdir / "geo.h5ad", "cache": workdir / "cache",
-          "json": workdir / "bench_full_data.json"}
+          "model_run": workdir / "model_run", "predicted": workdir / "predicted.h5ad",
+          "csv": workdir / "predictions.csv", "json": workdir / "bench_full_data.json"}
 
 
 def _require(path: pathlib.Path, stage: str) -> None:
@@ -171,9 +194,57 @@ def _stage_build(p: dict[str, pathlib.Path]) -> dict:
           "cells_per_split": ds.meta["cells_per_split"]}
 
 
+def _stage_train_model(p: dict[str, pathlib.Path]) -> dict:
+  """A model of the preset's architecture, trained briefly on new simulated cells."""
+  from cardiac_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from cardiac_jax import train  # pylint: disable=g-import-not-at-top
+  config = config_lib.preset(_PRESET.value)
+  config.data.source = "simulator"
+  config.data.simulator.n_cells = _TRAIN_CELLS.value
+  config.data.simulator.n_genes = _N_GENES.value     # the same gene names as cells.h5ad
+  config.data.simulator.seed = _SEED.value + 1       # other cells than the predicted ones
+  config.data.spatial.enabled = False
+  config.data.sequences.spatial_total = 0
+  config.data.sequences.per_population = max(60, _TRAIN_CELLS.value // 20)
+  config.data.cache_dir = str(p["model_run"] / "cache")
+  config.train.num_epochs = _TRAIN_EPOCHS.value
+  config.train.progress_bar = False
+  shutil.rmtree(p["model_run"], ignore_errors=True)
+  results = train.train_and_evaluate(config, str(p["model_run"]))
+  return {"test_acc": results["test_acc"], "epochs": _TRAIN_EPOCHS.value,
+          "train_cells": _TRAIN_CELLS.value, "model": str(p["model_run"] / "model")}
+
+
+def _stage_predict(p: dict[str, pathlib.Path]) -> dict:
+  """``predict`` on cells.h5ad as the command line runs it (no plots)."""
+  import anndata  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cardiac_jax import export  # pylint: disable=g-import-not-at-top
+  from cardiac_jax import prediction  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
+  _require(p["cells"], "simulate")
+  model_path = pathlib.Path(_MODEL.value) if _MODEL.value else p["model_run"] / "model"
+  clock = _Clock()
+  model = clock("load_model", export.load_model, model_path)
+  adata = clock("load_h5ad", ingest.load_h5ad, p["cells"])
+  clock("predict", prediction.predict, adata, model, n_walks=_N_WALKS.value, progress=False)
+  clock("write", prediction.write_predictions, adata, p["predicted"], p["csv"])
+  del adata
+  obs = anndata.read_h5ad(p["predicted"], backed="r").obs      # obs only, X stays on disk
+  true, pred = obs["type"].astype(str).to_numpy(), obs["cardiac_jax_label"].astype(str).to_numpy()
+  known = [c for c in model.class_names if np.any(true == c)]
+  is_known = np.isin(true, known)          # the simulator's UNK cells have no right answer
+  return {"steps": clock.steps, "model": str(model_path), "n_walks": _N_WALKS.value,
+          "walk_length": model.length, "num_features": int(model.info["num_features"]),
+          "n_cells": int(true.size),
+          "accuracy_known": float(np.mean(pred[is_known] == true[is_known])),
+          "balanced_accuracy": float(np.mean([np.mean(pred[true == c] == c) for c in known]))}
+
+
 _RUNNERS = {"simulate": _stage_simulate, "write_geo": _stage_write_geo,
             "convert": _stage_convert, "convert_check": _stage_convert_check,
-            "build": _stage_build}
+            "build": _stage_build, "train_model": _stage_train_model,
+            "predict": _stage_predict}
 
 
 # ------------------------------------------------------------------ parent
@@ -185,7 +256,9 @@ def _run_child(stage: str, workdir: pathlib.Path) -> dict:
   result_path.unlink(missing_ok=True)
   argv = [sys.executable, os.path.abspath(__file__), f"--stage={stage}",
           f"--n_cells={_N_CELLS.value}", f"--n_genes={_N_GENES.value}", f"--seed={_SEED.value}",
-          f"--preset={_PRESET.value}", f"--workdir={workdir}"]
+          f"--preset={_PRESET.value}", f"--workdir={workdir}", f"--model={_MODEL.value}",
+          f"--n_walks={_N_WALKS.value}", f"--train_cells={_TRAIN_CELLS.value}",
+          f"--train_epochs={_TRAIN_EPOCHS.value}"]
   logging.info("stage %s: %s", stage, " ".join(argv))
   start = time.perf_counter()
   proc = subprocess.Popen(argv)
@@ -222,6 +295,16 @@ def _print_table(results: list[dict]) -> None:
           f"{'met' if ok else 'MISSED'})")
 
 
+def _cpu_model() -> str:
+  try:
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor()
+
+
 def main(argv: list[str]) -> None:
   del argv
   workdir = pathlib.Path(_WORKDIR.value).expanduser().resolve()
@@ -242,10 +325,15 @@ def main(argv: list[str]) -> None:
     results.append(_run_child(stage, workdir))
     if stage == "convert":
       results.append(_run_child("convert_check", workdir))
+  if _PREDICT.value:
+    if not _MODEL.value:
+      results.append(_run_child("train_model", workdir))
+    results.append(_run_child("predict", workdir))
   _print_table(results)
   out = {"n_cells": _N_CELLS.value, "n_genes": _N_GENES.value, "seed": _SEED.value,
          "preset": _PRESET.value, "stages": results, "cpus": os.cpu_count(),
-         "machine": platform.platform(), "targets": {"seconds": _TARGET_SECONDS,
+         "machine": platform.platform(), "cpu_model": _cpu_model(),
+         "load_average": os.getloadavg(), "targets": {"seconds": _TARGET_SECONDS,
                                                      "peak_rss_gb": _TARGET_RSS_GB}}
   paths["json"].write_text(json.dumps(out, indent=2))
   print(f"wrote {paths['json']}")

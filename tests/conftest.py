@@ -1,4 +1,4 @@
-"""Test-wide settings: strict rank promotion, a private dataset cache, CPU only."""
+"""Test-wide settings: strict rank promotion, a private dataset cache, CPU only; fakes."""
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -19,3 +19,33 @@ def _private_cache(tmp_path_factory):
     os.environ.pop("CARDIAC_JAX_CACHE", None)
   else:
     os.environ["CARDIAC_JAX_CACHE"] = old
+
+
+class FakeBar:
+  """Records what the code tells its progress bar (``cardiac_jax.progress.bar``)."""
+
+  def __init__(self, total, **kwargs):
+    self.total, self.kwargs, self.n, self.stages, self.closed = total, kwargs, 0, [], False
+
+  def set_postfix_str(self, text):
+    self.stages.append(text)
+
+  def update(self, k):
+    self.n += k
+
+  def close(self):
+    self.closed = True
+
+
+@pytest.fixture(name="progress_bars")
+def _progress_bars(monkeypatch):
+  """Every progress bar made during the test, as a FakeBar, in order."""
+  from cardiac_jax import progress  # pylint: disable=g-import-not-at-top
+  bars = []
+
+  def fake_bar(total, **kwargs):
+    bars.append(FakeBar(total, **kwargs))
+    return bars[-1]
+
+  monkeypatch.setattr(progress, "bar", fake_bar)
+  return bars

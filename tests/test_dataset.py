@@ -7,6 +7,7 @@ import pytest
 from scipy import spatial
 
 from cardiac_jax import config_lib
+from cardiac_jax import progress as progress_lib
 from cardiac_jax.data import dataset as dataset_lib
 from cardiac_jax.data import errors
 from cardiac_jax.data import ingest
@@ -281,6 +282,31 @@ def _tiny(tmp_path):
   cfg.sequences.length = 8
   cfg.sequences.per_population = 12
   return cfg
+
+
+def test_progress_bar_steps_through_the_planned_stages(built, tmp_path, progress_bars):
+  cfg, _, _, timings, _ = built     # spatial and the cache on: every stage
+  assert list(dict.fromkeys(dataset_lib.planned_stages(cfg, cache=True))) == list(timings)
+  tiny = _tiny(tmp_path)            # no spatial data, no cache
+  dataset_lib.build_dataset(tiny, cache=False, progress=False)
+  (bar,) = progress_bars
+  assert bar.stages == dataset_lib.planned_stages(tiny, cache=False)
+  assert "spatial" not in bar.stages and "save" not in bar.stages
+  assert bar.n == bar.total == len(bar.stages) and bar.closed
+  assert bar.kwargs["progress"] is False and bar.kwargs["desc"] == "build_dataset"
+  dataset_lib.build_dataset(cfg)    # a cache hit: no bar
+  assert len(progress_bars) == 1
+
+
+def test_progress_enabled_in_terminals_and_notebooks_only(monkeypatch, capsys):
+  assert progress_lib.enabled(True) and not progress_lib.enabled(False)
+  assert not progress_lib.enabled(None)          # pytest's captured stderr is no tty
+  monkeypatch.setattr(progress_lib, "in_notebook", lambda: True)
+  assert progress_lib.enabled(None)
+  bar = progress_lib.bar(3, desc="stages here", unit="stage", progress=True)
+  bar.update(3)
+  bar.close()
+  assert "stages here" in capsys.readouterr().err
 
 
 def test_too_few_cells_raise_a_clear_error(tmp_path):

@@ -27,6 +27,7 @@ from cardiac_jax import export
 from cardiac_jax import prediction
 from cardiac_jax import train
 from cardiac_jax import viz
+from cardiac_jax.data import sequences
 from cardiac_jax.data import simulator
 from cardiac_jax.data.errors import DataError
 
@@ -126,6 +127,48 @@ def test_deterministic_and_gene_order_invariant(run):
   c = cardiac_jax.predict(shuffled, run["model"], copy=True, progress=False)
   np.testing.assert_array_equal(a.obsm["cardiac_jax_probs"], c.obsm["cardiac_jax_probs"])
   np.testing.assert_array_equal(a.obs["cardiac_jax_label"], c.obs["cardiac_jax_label"])
+
+
+def test_prediction_streams_one_walk_of_one_block_at_a_time(run, monkeypatch, progress_bars):
+  """The model sees at most BLOCK_CELLS sequences at once; the average is over all walks."""
+  block, n_walks, n = 64, 3, 300            # 4 full blocks and a partial one
+  monkeypatch.setattr(prediction, "BLOCK_CELLS", block)
+  model, adata = run["model"], run["adata"][:n].copy()
+  real = model.predict_sequences
+  sizes = []
+
+  def spy(x, mask, **kwargs):
+    sizes.append(x.shape[0])
+    return real(x, mask, **kwargs)
+
+  monkeypatch.setattr(model, "predict_sequences", spy)
+  out = cardiac_jax.predict(adata, model, n_walks=n_walks, copy=True, progress=False)
+  assert sizes == [block] * (4 * n_walks) + [n % block] * n_walks
+  (bar,) = progress_bars                    # over the cells, block by block
+  assert bar.total == bar.n == n and bar.closed and bar.kwargs["progress"] is False
+  # Reference: all walks of a block at once (the seeds are per (seed, block, walk)).
+  pcs = out.obsm["X_pca_cardiac_jax"]
+  t = prediction.map_time_labels(adata.obs["diffday"].astype(str).to_numpy(), model.time_labels)
+  graph = sequences.temporal_graph(pcs, t, np.zeros(n, np.int32), np.arange(n),
+                                   model.k_neighbors)
+  want = np.empty_like(out.obsm["cardiac_jax_probs"])
+  for b, start in enumerate(range(0, n, block)):
+    anchors = np.arange(start, min(start + block, n))
+    src = np.concatenate([sequences.walk(graph, anchors, model.length,
+                                         np.random.default_rng([0, b, w]))
+                          for w in range(n_walks)])
+    x = sequences.assemble_features(pcs, src, sequences.time_feature(t, len(model.time_labels)), 0)
+    probs = real(x, np.ones(src.shape, np.float32))
+    want[anchors] = probs.reshape(n_walks, anchors.size, -1).mean(axis=0)
+  np.testing.assert_allclose(out.obsm["cardiac_jax_probs"], want, rtol=0, atol=1e-6)
+
+
+def test_predict_drops_a_stale_umap(run):
+  adata = run["adata"][:200].copy()
+  adata.obsm["X_umap_cardiac_jax"] = np.zeros((200, 2), np.float32)   # of an earlier predict
+  cardiac_jax.predict(adata, run["model"], n_walks=1)
+  assert "X_umap_cardiac_jax" not in adata.obsm
+  assert viz.embedding_2d_for(adata, method="pca")[1] == "PC"
 
 
 def test_missing_genes_reported_and_minimum(run):

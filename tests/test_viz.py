@@ -1,6 +1,9 @@
 """Tests of the exploration plots: the right artists, real PNGs, data that matches the dataset."""
 import os
+import sys
+import types
 
+import anndata as ad
 from matplotlib import collections as mcoll
 from matplotlib import lines as mlines
 from matplotlib.figure import Figure
@@ -187,3 +190,60 @@ def test_most_confused_orders_off_diagonal_errors():
   assert viz.most_confused(np.diag([3, 4, 5]), CLASSES) == []
   with pytest.raises(DataError, match="shape"):
     viz.most_confused(cm, CLASSES[:2])
+
+
+class _FakeUMAP:
+  """Stands in for umap.UMAP: records its inputs, returns a known embedding."""
+  fits = []
+
+  def __init__(self, random_state=None):
+    self.random_state = random_state
+
+  def fit_transform(self, x):
+    _FakeUMAP.fits.append((self.random_state, np.array(x)))
+    return np.arange(2 * len(x), dtype=np.float64).reshape(-1, 2) / 7.0
+
+
+def _predicted(coords):
+  return ad.AnnData(X=np.zeros((coords.shape[0], 3), np.float32),
+                    obs={"confidence": np.linspace(0, 1, coords.shape[0])},
+                    obsm={"X_pca_cardiac_jax": coords})
+
+
+def test_embedding_2d_for_uses_umap_when_installed(cells, monkeypatch):
+  coords, _, _ = cells
+  fake = types.ModuleType("umap")
+  fake.UMAP = _FakeUMAP
+  monkeypatch.setitem(sys.modules, "umap", fake)
+  monkeypatch.setattr(_FakeUMAP, "fits", [])
+  adata = _predicted(coords)
+  want = np.arange(2 * len(coords), dtype=np.float64).reshape(-1, 2) / 7.0
+  emb, name = viz.embedding_2d_for(adata, seed=7)
+  assert name == "UMAP"
+  np.testing.assert_allclose(emb, want, rtol=1e-6)
+  (state, fitted), = _FakeUMAP.fits
+  assert state == 7
+  np.testing.assert_array_equal(fitted, coords)     # all PCs, not just two
+  stored = adata.obsm["X_umap_cardiac_jax"]
+  assert stored.dtype == np.float32 and stored.shape == (len(coords), 2)
+  again, name = viz.embedding_2d_for(adata, method="umap")
+  assert name == "UMAP" and len(_FakeUMAP.fits) == 1, "the stored UMAP is reused"
+  np.testing.assert_array_equal(again, stored)
+  pcs, name = viz.embedding_2d_for(adata, method="pca")
+  assert name == "PC"
+  np.testing.assert_array_equal(pcs, coords[:, :2])
+  fig = viz.plot_obs_embedding(adata, "confidence")
+  assert fig.axes[0].get_xlabel() == "UMAP 1"
+
+
+def test_embedding_2d_for_without_umap_learn(cells, monkeypatch):
+  coords, _, _ = cells
+  monkeypatch.setitem(sys.modules, "umap", None)     # import umap -> ImportError
+  adata = _predicted(coords)
+  with pytest.raises(DataError, match=r"method='umap' needs umap-learn"):
+    viz.embedding_2d_for(adata, method="umap")
+  emb, name = viz.embedding_2d_for(adata)            # auto falls back to PCA
+  assert name == "PC" and "X_umap_cardiac_jax" not in adata.obsm
+  np.testing.assert_array_equal(emb, coords[:, :2])
+  with pytest.raises(DataError, match="obsm has no 'X_pca_other'"):
+    viz.embedding_2d_for(adata, basis="X_pca_other")

@@ -27,6 +27,7 @@ from absl import logging
 import numpy as np
 
 from cardiac_jax import fileio
+from cardiac_jax import progress as progress_lib
 from cardiac_jax.data import sequences
 from cardiac_jax.data import splits
 from cardiac_jax.data.errors import DataError
@@ -183,13 +184,19 @@ def cache_paths(data_cfg: Any) -> tuple[pathlib.Path, pathlib.Path]:
 
 
 class _Stages:
-  """Wall seconds and peak RSS per pipeline stage, into an optional dict."""
+  """Wall seconds and peak RSS per pipeline stage, into an optional dict.
 
-  def __init__(self, out: dict | None):
+  Also advances ``bar`` (a progress bar, one step per stage, named in its postfix).
+  """
+
+  def __init__(self, out: dict | None, bar: Any = None):
     self.out = out
+    self.bar = bar
 
   @contextlib.contextmanager
   def __call__(self, name: str) -> Iterator[None]:
+    if self.bar is not None:
+      self.bar.set_postfix_str(name)
     start = time.perf_counter()
     yield
     seconds = time.perf_counter() - start
@@ -199,6 +206,28 @@ class _Stages:
     if self.out is not None:
       prev = self.out.get(name, {"seconds": 0.0})
       self.out[name] = {"seconds": prev["seconds"] + seconds, "peak_rss_mb": peak_mb}
+    if self.bar is not None:
+      self.bar.update(1)
+
+
+def _wants_spatial(data_cfg: Any) -> bool:
+  """Whether the build makes spatial sequences (one test for ``_build`` and the bar)."""
+  return bool(data_cfg.spatial.enabled) and int(data_cfg.sequences.spatial_total) > 0
+
+
+def planned_stages(data_cfg: Any, cache: bool) -> list[str]:
+  """The stages ``_build`` runs for this config, in order (the progress bar's steps).
+
+  "save" appears once per save: the preprocessor and, with the cache, the dataset.
+  """
+  names = ["simulate" if data_cfg.source == "simulator" else "load", "prepare", "split",
+           "preprocess_fit", "transform", "neighbour_tables", "walks"]
+  if _wants_spatial(data_cfg):
+    names.append("spatial")
+  names.append("assemble")
+  if cache:
+    names += ["save", "save"]
+  return names
 
 
 def _load_anndata(source: str, path: str, simulate: Callable[[], Any], key: str,
@@ -365,7 +394,7 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
   del graphs
 
   spatial, spots, spatial_classes, spot_split, buffered = [], None, [], None, {}
-  if data_cfg.spatial.enabled and int(seq_cfg.spatial_total) > 0:
+  if _wants_spatial(data_cfg):
     with stage("spatial"):
       spots = ingest.prepare_spots(load_spots(data_cfg), data_cfg, class_names)
       preprocess.shared_gene_count(pp, spots.gene_names, int(data_cfg.spatial.min_shared_genes))
@@ -456,8 +485,8 @@ def post_process(ds: SequenceDataset, data_cfg: Any) -> SequenceDataset:
   return dataclasses.replace(ds, x=x, mask=mask, source_index=src, meta=meta)
 
 
-def build_dataset(data_cfg: Any, *, cache: bool = True,
-                  timings: dict | None = None) -> SequenceDataset:
+def build_dataset(data_cfg: Any, *, cache: bool = True, timings: dict | None = None,
+                  progress: bool | None = None) -> SequenceDataset:
   """Builds (or loads from the cache) the sequence dataset of ``config.data``.
 
   Args:
@@ -465,6 +494,8 @@ def build_dataset(data_cfg: Any, *, cache: bool = True,
     cache: read and write the on-disk cache (see ``cache_paths``); the fitted
       Preprocessor is saved next to the dataset for predicting new data.
     timings: optional dict filled with {stage: {"seconds", "peak_rss_mb"}}.
+    progress: a progress bar over the build stages (``planned_stages``); None =
+      in a terminal or a notebook only (``cardiac_jax.progress.enabled``).
 
   Returns:
     The SequenceDataset, with the horizon / time-shuffle of the config applied.
@@ -477,11 +508,10 @@ def build_dataset(data_cfg: Any, *, cache: bool = True,
   sequences.visible_steps(int(data_cfg.sequences.length),
                           float(data_cfg.sequences.observed_fraction))
   key = cache_key(data_cfg)
-  stage = _Stages(timings)
   ds_path, pp_path = cache_paths(data_cfg)
   if cache and ds_path.exists() and pp_path.exists():
     try:
-      with stage("cache_load"):
+      with _Stages(timings)("cache_load"):
         ds = SequenceDataset.load(ds_path)
       if ds.meta.get("cache_key") != key:
         raise DataError(f"cache key mismatch in {ds_path}")
@@ -489,9 +519,15 @@ def build_dataset(data_cfg: Any, *, cache: bool = True,
       return post_process(ds, data_cfg)
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
       logging.warning("build_dataset: unreadable cache file %s (%s); rebuilding.", ds_path, e)
-  ds = _build(data_cfg, stage, pp_path if cache else None, key)
-  if cache:
-    with stage("save"):
-      ds.save(ds_path)
-    logging.info("build_dataset: cached %d sequences in %s", len(ds), ds_path)
+  bar = progress_lib.bar(len(planned_stages(data_cfg, cache)), desc="build_dataset",
+                         unit="stage", progress=progress)
+  stage = _Stages(timings, bar)
+  try:
+    ds = _build(data_cfg, stage, pp_path if cache else None, key)
+    if cache:
+      with stage("save"):
+        ds.save(ds_path)
+      logging.info("build_dataset: cached %d sequences in %s", len(ds), ds_path)
+  finally:
+    bar.close()
   return post_process(ds, data_cfg)
