@@ -106,7 +106,7 @@ def select_branch_gate(run: Any, state: Any) -> tuple[Any, dict[str, Any] | None
   grid = tuple(float(g) for g in run.config.train.get("branch_gate_grid", ()))
   if "branch_gate" not in state.batch_stats or not grid:
     return state, None
-  k = getattr(run, "num_members", 1)
+  k = run.num_members
   scores = [evaluate_members(run.fns.eval_chunk, with_branch_gate(state, g), run.data,
                              run.chunks["val"], k) for g in grid]   # [gate][member]
   chosen, val_acc, val_loss = [], [], []
@@ -130,7 +130,7 @@ def predict(run: Any, state: Any, x: np.ndarray, mask: np.ndarray) -> np.ndarray
   chunks = input_pipeline.eval_chunks(np.arange(len(x)),
                                       input_pipeline.chunk_size(run.config, len(x)))
   evs = evaluate_members(run.fns.eval_chunk, state, data, chunks,
-                         getattr(run, "num_members", 1), with_probs=True)
+                         run.num_members, with_probs=True)
   return evs[0]["probs"] if len(evs) == 1 else members_lib.ensemble_probs(
       [e["probs"] for e in evs])
 
@@ -176,7 +176,7 @@ def report_best(run: Any, workdir: str, ckpt: checkpoint_lib.Checkpointer,
   """
   state, meta = ckpt.restore_best(run.abstract_state)
   state, gate = select_branch_gate(run, state)
-  k = getattr(run, "num_members", 1)
+  k = run.num_members
   if k == 1:
     evals = {name: evaluate(run.fns.eval_chunk, state, run.data, run.chunks[name],
                             with_probs=(name == "test"))

@@ -39,6 +39,7 @@ import ml_collections
 import numpy as np
 
 from cardiac_jax import fileio
+from cardiac_jax import members as members_lib
 from cardiac_jax import models
 from cardiac_jax.data.errors import DataError
 
@@ -159,7 +160,7 @@ def export_model(run: Any, state: Any, workdir: str | os.PathLike, *,
       "walks": {"k_neighbors": int(config.data.sequences.k_neighbors),
                 "observed_fraction": float(config.data.sequences.observed_fraction)},
       "branch_gate": None if gate is None else np.asarray(gate, np.float64).tolist(),
-      "num_members": int(config.train.get("num_members", 1) or 1),
+      "num_members": members_lib.num_members(config),
       "n_genes": int(len(preprocessor.gene_names)),
       "provenance": {"data_cache_key": str(meta.get("cache_key", "")),
                      "data": _data_stamp(config.data),

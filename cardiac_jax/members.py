@@ -126,12 +126,9 @@ def mean_record(records: Sequence[dict[str, Any] | None],
   live = [r for r in records if r is not None]
   out: dict[str, Any] = {}
   for key, value in live[0].items():
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-      out[key] = value
-    elif key in ("epoch", "step"):
-      out[key] = value
-    else:
-      out[key] = float(np.mean([r[key] for r in live]))
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    averaged = numeric and key not in ("epoch", "step")
+    out[key] = float(np.mean([r[key] for r in live])) if averaged else value
   out["overfitting"] = monitor.overfitting_level(out["acc_gap"], monitor_cfg.moderate_gap,
                                                  monitor_cfg.significant_gap)
   out["members"] = list(records)
