@@ -162,6 +162,15 @@ def _members_summary(run: Any, per_member: dict[str, list[dict[str, Any]]],
     out[f"{name}_acc_std"] = float(np.std(acc))
   gaps = [tr["acc"] - va["acc"] for tr, va in zip(per_member["train"], per_member["val"])]
   out["acc_gap"], out["acc_gap_mean"] = gaps, float(np.mean(gaps))
+  # The test metrics a single run reports, per member, so a K-member run stands in
+  # for K single-seed runs (experiments/seed_benchmark.py) without retraining.
+  names = tuple(run.dataset.class_names)
+  y_test = np.asarray(run.dataset.y)[np.asarray(run.dataset.split)
+                                     == splits_lib.SPLIT_IDS["test"]]
+  out["test_macro_f1"] = [report_lib.classification_metrics(
+      y_test, np.argmax(e["probs"], -1), names)["macro_f1"] for e in per_member["test"]]
+  out["test_fate_pair_acc"] = [report_lib.pair_accuracy(
+      y_test, e["probs"], names, report_lib.fate_pair(run.config)) for e in per_member["test"]]
   return out
 
 

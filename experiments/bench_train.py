@@ -5,11 +5,13 @@
   python experiments/bench_train.py --config=configs/scale3.py --real_data
   python experiments/bench_train.py --config=configs/scale3.py --skip_data --peak_tflops=989  # H100 bf16
   python experiments/bench_train.py --config=configs/scale3.py --skip_data --members=1,2,4,8
+  python experiments/bench_train.py --config=configs/scale1.py --skip_data --dtypes=float32,bfloat16
 
 ``--members`` times ``train.num_members = K`` (K models vmapped in one epoch
-call, each with its own data order) for each K, interleaved over the repeats
-so a busy machine disturbs every K alike: aggregate sequences/s (K x batch x
-steps / time), per-member step time, and the fraction of the matmul rate.
+call, each with its own data order) for each K, and ``--dtypes`` each compute
+dtype (every pair of the two), interleaved over the repeats so a busy machine
+disturbs every variant alike: aggregate sequences/s (K x batch x steps / time),
+per-member step time, and the fraction of the matmul rate in the variant's dtype.
 
 Training is timed exactly as ``train.py`` runs it: ``run.fns.train_epoch``, the
 jitted ``lax.scan`` over a device-resident dataset with the state donated, on
@@ -61,6 +63,7 @@ _SKIP_DATA = flags.DEFINE_bool("skip_data", False, "Skip the data-pipeline stage
 _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0 = none).")
 _MATMUL_N = flags.DEFINE_integer("matmul_size", 2048, "n of the n x n reference matmul.")
 _MEMBERS = flags.DEFINE_list("members", [], "Also time train.num_members = K for each K.")
+_DTYPES = flags.DEFINE_list("dtypes", [], "Also time these model.dtype values (x --members).")
 
 
 def _peak_rss_mb() -> float:
@@ -186,13 +189,13 @@ def bench_training(run: train.Run, steps: int, repeats: int) -> dict[str, Any]:
   }
 
 
-def bench_members(config: Any, ds: Any, ks: list[int], steps: int, repeats: int,
-                  flops_per_step: float) -> dict[int, dict[str, Any]]:
-  """Epoch calls of K vmapped members, timed round-robin over the Ks (best of repeats)."""
+def bench_variants(variants: dict[str, Any], ds: Any, steps: int, repeats: int,
+                   flops_per_step: float) -> dict[str, dict[str, Any]]:
+  """Epoch calls of each config variant (its K vmapped members, its dtype), timed
+  round-robin over the variants so a busy machine disturbs each alike (best of repeats)."""
   calls, out = {}, {}
-  for k in ks:
-    cfg = config.copy_and_resolve_references()
-    cfg.train.num_members = int(k)
+  for label, cfg in variants.items():
+    k = int(cfg.train.num_members)
     run = train.build_run(cfg, ds)
     state = parallel.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
     one = _epoch_indices(run, steps)
@@ -206,19 +209,32 @@ def bench_members(config: Any, ds: Any, ks: list[int], steps: int, repeats: int,
       holder["state"], sums = compiled(holder["state"], run.data, idx, run.train_rng)
       return sums
     _best(call, 1)
-    calls[k] = call
-    out[k] = {"compile_s": time.perf_counter() - t0, "times": []}
+    calls[label] = call
+    out[label] = {"num_members": k, "dtype": jnp.dtype(models.resolve_dtype(
+        cfg.model.dtype)).name, "compile_s": time.perf_counter() - t0, "times": []}
   for _ in range(repeats):
-    for k in ks:
-      out[k]["times"] += _best(calls[k], 1)
-  batch = config.train.batch_size
-  for k in ks:
-    best = min(out[k].pop("times"))
-    out[k].update(seq_per_s=k * steps * batch / best, step_ms_per_member=1e3 * best / steps / k,
-                  gflops_per_s=k * flops_per_step * steps / best / 1e9)
-  base = out[ks[0]]["seq_per_s"]
-  for k in ks:
-    out[k]["vs_first"] = out[k]["seq_per_s"] / base
+    for label in variants:
+      out[label]["times"] += _best(calls[label], 1)
+  first = next(iter(variants))
+  for label, cfg in variants.items():
+    k = out[label]["num_members"]
+    best = min(out[label].pop("times"))
+    out[label].update(seq_per_s=k * steps * cfg.train.batch_size / best,
+                      step_ms_per_member=1e3 * best / steps / k,
+                      gflops_per_s=k * flops_per_step * steps / best / 1e9)
+  for label in variants:
+    out[label]["vs_first"] = out[label]["seq_per_s"] / out[first]["seq_per_s"]
+  return out
+
+
+def _variants(config: Any, ks: list[int], dtypes: list[str]) -> dict[str, Any]:
+  """Every (K, dtype) pair of ``--members`` x ``--dtypes`` as a config."""
+  out = {}
+  for dtype in dtypes or [config.model.dtype]:
+    for k in ks or [1]:
+      cfg = config.copy_and_resolve_references()
+      cfg.train.num_members, cfg.model.dtype = int(k), dtype
+      out[f"K={k} {jnp.dtype(models.resolve_dtype(dtype)).name}"] = cfg
   return out
 
 
@@ -261,13 +277,17 @@ def main(argv):
   mm_before = matmul_gflops(_MATMUL_N.value, dtype)
   tr = bench_training(run, _STEPS.value, _REPEATS.value)
   ev = bench_eval(run, _REPEATS.value)
-  ks = [int(k) for k in _MEMBERS.value]
-  mem = bench_members(run.config, ds, ks, _STEPS.value, _REPEATS.value,
-                      tr["flops_per_step_xla"]) if ks else {}
+  ks, dtypes = [int(k) for k in _MEMBERS.value], list(_DTYPES.value)
+  mem = bench_variants(_variants(run.config, ks, dtypes), ds, _STEPS.value, _REPEATS.value,
+                       tr["flops_per_step_xla"]) if ks or dtypes else {}
   mm = max(mm_before, matmul_gflops(_MATMUL_N.value, dtype))
   tr["fraction_of_matmul"] = tr["gflops_per_s"] / mm
+  # Each variant against the matmul rate of its own compute dtype.
+  mm_by_dtype = {jnp.dtype(dtype).name: mm}
   for v in mem.values():
-    v["fraction_of_matmul"] = v["gflops_per_s"] / mm
+    if v["dtype"] not in mm_by_dtype:
+      mm_by_dtype[v["dtype"]] = matmul_gflops(_MATMUL_N.value, jnp.dtype(v["dtype"]))
+    v["fraction_of_matmul"] = v["gflops_per_s"] / mm_by_dtype[v["dtype"]]
   if _PEAK.value > 0:
     tr["mfu"] = tr["gflops_per_s"] / (1e3 * _PEAK.value)
 
@@ -281,8 +301,9 @@ def main(argv):
              "dtype": jnp.dtype(dtype).name,
              "params": models.count_params(parallel.place(run.fns.init(
                  run.init_rng, run.data["x"][:1], run.data["mask"][:1])).params)},
-      train=tr, eval=ev, data_pipeline=data_result, members={str(k): v for k, v in mem.items()},
-      matmul={"n": _MATMUL_N.value, "dtype": jnp.dtype(dtype).name, "gflops_per_s": mm},
+      train=tr, eval=ev, data_pipeline=data_result, variants=mem,
+      matmul={"n": _MATMUL_N.value, "dtype": jnp.dtype(dtype).name, "gflops_per_s": mm,
+              "by_dtype": mm_by_dtype},
       peak_tflops=_PEAK.value or None,
       devices={"count": jax.device_count(), "kind": jax.devices()[0].device_kind,
                "platform": jax.default_backend(), "processes": jax.process_count(),
@@ -314,11 +335,13 @@ def main(argv):
   for name, value in rows:
     print(f"{name:<20}{value}")
   if mem:
-    print(f"\n{'members K':<12}{'seq/s (all)':>12}{'x K=' + str(ks[0]):>9}{'ms/step/member':>16}"
-          f"{'% matmul':>10}")
-    for k, v in mem.items():
-      print(f"{k:<12}{v['seq_per_s']:>12.1f}{v['vs_first']:>9.2f}{v['step_ms_per_member']:>16.2f}"
-            f"{100 * v['fraction_of_matmul']:>10.1f}")
+    first = next(iter(mem))
+    print(f"\n{'variant':<18}{'seq/s (all)':>12}{'x first':>9}{'ms/step/member':>16}"
+          f"{'% matmul':>10}   (first = {first}; % of its dtype's matmul rate)")
+    for label, v in mem.items():
+      print(f"{label:<18}{v['seq_per_s']:>12.1f}{v['vs_first']:>9.2f}"
+            f"{v['step_ms_per_member']:>16.2f}{100 * v['fraction_of_matmul']:>10.1f}")
+    print("matmul by dtype: " + ", ".join(f"{d} {g:.1f} GFLOP/s" for d, g in mm_by_dtype.items()))
   if data_result:
     print(f"\n{'data stage':<18}{'seconds':>10}{'peak RSS MB':>14}")
     for name, v in data_result["stages"].items():

@@ -72,7 +72,7 @@ def benchmark_horizon(config, horizon: float, seeds: Sequence[int], root: str) -
   ds = dataset_lib.build_dataset(config.data)
   pair = report_lib.fate_pair(config)
   base = baselines_lib.run_baselines(ds, fate_classes=pair)
-  runs = []
+  runs, ensembles = [], []
   for seed in seeds:
     cfg = config.copy_and_resolve_references()
     cfg.seed = int(seed)
@@ -82,22 +82,60 @@ def benchmark_horizon(config, horizon: float, seeds: Sequence[int], root: str) -
     run.update(seed=int(seed), workdir=workdir,
                criteria={k: v["passed"] for k, v in r["criteria"].items()},
                at_best_epoch=_schedule_values(workdir, r["best_epoch"]))
-    runs.append(run)
-  model = {k: _mean_std([run[k] for run in runs]) for k in
-           ("test_acc", "val_acc", "train_acc", "macro_f1", "fate_pair_acc", "wall_seconds")}
+    if r.get("members"):
+      run["members"] = r["members"]["seeds"]
+      ensembles.append(run)
+      runs += _member_runs(r, cfg, workdir)
+    else:
+      runs.append(run)
   best = baselines_lib.best_on_val(base)
   n_test = int(np.sum(np.asarray(ds.split) == 2))
   n_pair = int(np.sum(np.isin(np.asarray(ds.y)[np.asarray(ds.split) == 2],
                               [list(ds.class_names).index(c) for c in pair
                                if c in ds.class_names])))
-  diff = model["test_acc"][0] - base[best]["test_acc"]
-  band = 2.0 * se_diff(base[best]["test_acc"], n_test)
   out = {"horizon": float(horizon), "seeds": [int(s) for s in seeds], "n_test": n_test,
-         "fate_classes": list(pair), "n_test_fate": n_pair, "model": model, "runs": runs,
+         "fate_classes": list(pair), "n_test_fate": n_pair, "runs": runs,
          "baselines": {k: {m: v.get(m) for m in ("val_acc", "test_acc", "macro_f1",
                                                  "fate_pair_acc", "selected")}
                        for k, v in base.items()},
-         "best_baseline": best, "diff_vs_best": diff, "two_se": band,
+         "best_baseline": best}
+  out.update(_against_best(runs, base, best, n_test, n_pair))
+  if ensembles:
+    out["ensembles"] = ensembles
+    out["ensemble"] = _against_best(ensembles, base, best, n_test, n_pair)
+  return out
+
+
+def _member_runs(r: dict[str, Any], config, workdir: str) -> list[dict[str, Any]]:
+  """A K-member run as K single-seed rows: member k trained exactly as a run with
+  seed ``seed + k`` would (tests/test_members.py), so its numbers are that run's.
+  Wall time is the shared run's, split evenly."""
+  m = r["members"]
+  rows = []
+  for k, seed in enumerate(m["seeds"]):
+    res = {"test_acc": m["test_acc"][k], "val_acc": m["val_acc"][k],
+           "train_acc": m["train_acc"][k], "macro_f1": m["test_macro_f1"][k],
+           "fate_pair_acc": m["test_fate_pair_acc"][k], "acc_gap": m["acc_gap"][k],
+           "best_epoch": m["best_epoch"][k], "epochs_run": r["epochs_run"],
+           "wall_seconds": r["wall_seconds"] / len(m["seeds"]),
+           "val_test_diff": abs(m["val_acc"][k] - m["test_acc"][k])}
+    crit = report_lib.success_criteria(res, config.monitor)
+    res.pop("val_test_diff")
+    res.update(seed=int(seed), workdir=workdir, member_of=int(r["members"]["seeds"][0]),
+               criteria={c: v["passed"] for c, v in crit.items()},
+               at_best_epoch=_schedule_values(workdir, m["best_epoch"][k]))
+    rows.append(res)
+  return rows
+
+
+def _against_best(runs: Sequence[dict[str, Any]], base: dict[str, Any], best: str,
+                  n_test: int, n_pair: int) -> dict[str, Any]:
+  """Mean ± std over runs, and the verdict against the baseline best on validation."""
+  model = {k: _mean_std([run[k] for run in runs]) for k in
+           ("test_acc", "val_acc", "train_acc", "macro_f1", "fate_pair_acc", "wall_seconds")}
+  diff = model["test_acc"][0] - base[best]["test_acc"]
+  band = 2.0 * se_diff(base[best]["test_acc"], n_test)
+  out = {"model": model, "diff_vs_best": diff, "two_se": band,
          "verdict": ("beats" if diff > band else "at least ties" if diff >= 0 else
                      "within noise, below" if diff > -band else "loses to") +
                     f" the best baseline ({best})"}
@@ -114,6 +152,24 @@ def _fmt(ms: tuple[float | None, float | None] | float | None, d: int = 3) -> st
   return "–" if ms is None else f"{ms:.{d}f}"
 
 
+def _table_row(label: str, h: dict[str, Any], v: dict[str, Any]) -> str:
+  """One verdict row: ``v`` is a horizon's single-model or ensemble summary."""
+  b, best = h["baselines"], h["best_baseline"]
+  return (f"| {label} | {h['horizon']:g} | {_fmt(v['model']['test_acc'])} | "
+          f"{_fmt(v['model']['macro_f1'])} | {best} | {_fmt(b[best]['test_acc'])} | "
+          f"{_fmt(b['logreg_last']['test_acc'])} | {_fmt(b['hgb_summary']['test_acc'])} | "
+          f"{v['diff_vs_best']:+.3f} (±{v['two_se']:.3f}) | "
+          f"{_fmt(v['model']['fate_pair_acc'])} | {_fmt(b[best]['fate_pair_acc'])}"
+          f"{' (±%.3f)' % v['fate_two_se'] if 'fate_two_se' in v else ''} | {v['verdict']} |")
+
+
+def _run_label(r: dict[str, Any]) -> str:
+  """A single run's seed; a member's seed and its run; an ensemble's member seeds."""
+  if "members" in r:
+    return "ensemble " + "+".join(str(s) for s in r["members"])
+  return f"{r['seed']}" + (f" (member of run {r['member_of']})" if "member_of" in r else "")
+
+
 def markdown(summaries: dict[str, dict[str, Any]]) -> str:
   """One table row per (data set, horizon); the seeds' mean ± std for the model."""
   lines = ["| data set | f | model test | model macro-F1 | best baseline (on val) | its test "
@@ -121,26 +177,23 @@ def markdown(summaries: dict[str, dict[str, Any]]) -> str:
            "2-class (2 SE) | verdict |", "|" + "---|" * 12]
   for name, summary in summaries.items():
     for h in summary["horizons"]:
-      b = h["baselines"]
-      best = h["best_baseline"]
-      lines.append(
-          f"| {name} | {h['horizon']:g} | {_fmt(h['model']['test_acc'])} | "
-          f"{_fmt(h['model']['macro_f1'])} | {best} | {_fmt(b[best]['test_acc'])} | "
-          f"{_fmt(b['logreg_last']['test_acc'])} | {_fmt(b['hgb_summary']['test_acc'])} | "
-          f"{h['diff_vs_best']:+.3f} (±{h['two_se']:.3f}) | "
-          f"{_fmt(h['model']['fate_pair_acc'])} | {_fmt(b[best]['fate_pair_acc'])}"
-          f"{' (±%.3f)' % h['fate_two_se'] if 'fate_two_se' in h else ''} | {h['verdict']} |")
+      rows = [(name, h)]
+      if h.get("ensemble"):
+        k = len(h["ensembles"][0]["members"])
+        rows.append((f"{name}, ensembles of {k} (n = {len(h['ensembles'])})", h["ensemble"]))
+      for label, v in rows:
+        lines.append(_table_row(label, h, v))
   lines += ["", "Per run (criteria: test > 0.75, train − val gap < 0.05, val ≥ train; label "
             "smoothing and weight decay at the best epoch):", "",
             "| data set | f | seed | test | val | train | gap | best / run epochs | ls | wd | "
             "wall s | test>0.75 | gap<0.05 | val≥train |", "|" + "---|" * 14]
   for name, summary in summaries.items():
     for h in summary["horizons"]:
-      for r in h["runs"]:
+      for r in h["runs"] + h.get("ensembles", []):
         c = r["criteria"]
         yn = lambda k: "pass" if c.get(k) else "FAIL"  # noqa: E731
         lines.append(
-            f"| {name} | {h['horizon']:g} | {r['seed']} | {r['test_acc']:.3f} | "
+            f"| {name} | {h['horizon']:g} | {_run_label(r)} | {r['test_acc']:.3f} | "
             f"{r['val_acc']:.3f} | {r['train_acc']:.3f} | {r['acc_gap']:+.3f} | "
             f"{r['best_epoch']} / {r['epochs_run']} | "
             f"{_fmt(r['at_best_epoch']['label_smoothing'])} | "

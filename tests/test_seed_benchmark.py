@@ -52,3 +52,25 @@ def test_markdown_has_a_row_per_horizon_and_per_run(horizon):
   md = bench.markdown({"debug": {"horizons": [horizon]}})
   assert md.count("| debug | 1 | ") == 1 + len(horizon["runs"])
   assert "verdict" in md and horizon["best_baseline"] in md
+
+
+def test_a_members_run_counts_as_its_seeds_and_as_one_ensemble(horizon, tmp_path):
+  config = config_lib.preset("debug")
+  config.train.num_epochs = 2
+  config.train.num_members = 2
+  h = bench.benchmark_horizon(config, 1.0, [0], str(tmp_path))
+  assert [r["seed"] for r in h["runs"]] == [0, 1]
+  assert [e["members"] for e in h["ensembles"]] == [[0, 1]]
+  # Member k is the run a single-model benchmark trains with seed k.
+  for member, single in zip(h["runs"], horizon["runs"]):
+    assert member["test_acc"] == pytest.approx(single["test_acc"], abs=0.01)
+    assert member["best_epoch"] == single["best_epoch"]
+  assert h["model"]["test_acc"][0] == pytest.approx(
+      sum(r["test_acc"] for r in h["runs"]) / 2)
+  with open(os.path.join(h["ensembles"][0]["workdir"], "report.json")) as fh:
+    assert json.load(fh)["test_acc"] == pytest.approx(h["ensemble"]["model"]["test_acc"][0])
+  assert h["ensemble"]["diff_vs_best"] == pytest.approx(
+      h["ensembles"][0]["test_acc"] - h["baselines"][h["best_baseline"]]["test_acc"])
+  md = bench.markdown({"debug": {"horizons": [h]}})
+  assert "ensembles of 2 (n = 1)" in md and "ensemble 0+1" in md
+  assert "0 (member of run 0)" in md and "1 (member of run 0)" in md
