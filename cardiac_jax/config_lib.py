@@ -129,6 +129,10 @@ def base_config() -> ml_collections.ConfigDict:
   # each with its own early stopping; reported as the mean of their
   # probabilities beside the members' own scores (cardiac_jax/members.py).
   train.num_members = 1
+  # How the K members share a compiled epoch: "vmap" (one batched program: a GPU
+  # runs them in parallel), "map" (one after another inside the same call: no
+  # batched-matmul overhead on a CPU that one member already fills), "auto".
+  train.member_axis = "auto"                  # "auto" | "vmap" | "map"
   # val_loss rises as soon as the model grows overconfident on memorised training
   # paths, while val_acc drifts up by hundredths long after; see README "Results".
   train.early_stopping_metric = "val_loss"    # "val_loss" (min) | "val_acc" (max)

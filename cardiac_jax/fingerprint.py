@@ -49,6 +49,7 @@ ADDED_FIELDS = {
     "model.branch_dropout": 0.0,
     "train.ramp_epochs": 0.0,
     "train.num_members": 1,
+    "train.member_axis": "auto",
     "data.fate_classes": ["CM", "CF"],
 }
 

@@ -41,6 +41,24 @@ def num_members(config: ml_collections.ConfigDict) -> int:
   return k
 
 
+MEMBER_AXES = ("auto", "vmap", "map")
+
+
+def member_axis(config: ml_collections.ConfigDict) -> str:
+  """``train.member_axis`` resolved: "auto" is "map" on CPU and "vmap" elsewhere.
+
+  On this project's 2-core CPU one member's step already keeps the cores busy,
+  and vmapping turns every matmul into a batched one that ran slower per member
+  (bench_train.py --members); on a GPU one member leaves the device idle.
+  """
+  axis = config.train.get("member_axis", "auto") or "auto"
+  if axis not in MEMBER_AXES:
+    raise ConfigError(f"train.member_axis={axis!r} is unknown; choose one of {MEMBER_AXES}.")
+  if axis == "auto":
+    return "map" if jax.default_backend() == "cpu" else "vmap"
+  return axis
+
+
 def seeds(config: ml_collections.ConfigDict) -> list[int]:
   """Each member's training seed: ``seed + k``."""
   return [int(config.seed) + k for k in range(num_members(config))]

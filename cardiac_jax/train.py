@@ -203,15 +203,33 @@ class Compiled(NamedTuple):
   eval_chunk: Callable[..., tuple[dict[str, jax.Array], jax.Array]]
 
 
+def _over_members(fn: Callable, axis: str, in_axes: tuple) -> Callable:
+  """``fn`` over a leading member axis of the arguments marked 0 in ``in_axes``:
+  batched (``vmap``) or one member after another in the same program (``map``)."""
+  if axis == "vmap":
+    return jax.vmap(fn, in_axes=in_axes)
+
+  def mapped(*args):
+    stacked = tuple(a for a, ax in zip(args, in_axes) if ax == 0)
+
+    def one(member):
+      it = iter(member)
+      return fn(*(next(it) if ax == 0 else a for a, ax in zip(args, in_axes)))
+    return jax.lax.map(one, stacked)
+  return mapped
+
+
 def compile_fns(model: Any, tx: optax.GradientTransformation,
-                schedules: optim.Schedules, num_members: int = 1) -> Compiled:
+                schedules: optim.Schedules, num_members: int = 1,
+                member_axis: str = "vmap") -> Compiled:
   """Binds the static model/optimizer/schedules and jits; the state is donated.
 
   Batches are split over the data-parallel mesh of all devices (one device:
   a no-op); the state and dataset stay replicated (``parallel.place``). With
-  ``num_members`` K > 1 every function is vmapped over a leading member axis
-  of the state (and of the keys and the epoch's batch indices): K models in
-  one compiled epoch (``members``). K = 1 compiles exactly the plain functions.
+  ``num_members`` K > 1 the epoch and evaluation run over a leading member
+  axis of the state (and of the keys and the epoch's batch indices), vmapped
+  or mapped (``member_axis``): K models in one compiled call (``members``);
+  init is always vmapped. K = 1 compiles exactly the plain functions.
   """
   init = functools.partial(init_state, model=model, opt_init=jax.jit(tx.init))
   epoch = functools.partial(train_epoch, model=model, tx=tx, schedules=schedules,
@@ -220,8 +238,8 @@ def compile_fns(model: Any, tx: optax.GradientTransformation,
                                batch_sharding=parallel.batch_sharding())
   if num_members > 1:
     init = jax.jit(jax.vmap(init, in_axes=(0, None, None)))
-    epoch = jax.vmap(epoch, in_axes=(0, None, 0, 0))
-    evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None)))
+    epoch = _over_members(epoch, member_axis, (0, None, 0, 0))
+    evaluate = jax.jit(_over_members(evaluate, member_axis, (0, None, None, None)))
   return Compiled(
       init=init,
       train_epoch=jax.jit(epoch, donate_argnums=0,
@@ -254,7 +272,8 @@ def _model_and_fns(config: ml_collections.ConfigDict, num_classes: int, length: 
     tx = optim.make_optimizer(config, scheds)
     model = models.model_from_config(config, num_classes, length)
     _COMPILED[key] = (model, scheds,
-                      compile_fns(model, tx, scheds, members_lib.num_members(config)))
+                      compile_fns(model, tx, scheds, members_lib.num_members(config),
+                                  members_lib.member_axis(config)))
   _COMPILED[key] = _COMPILED.pop(key)   # most recently used last: evicted last
   return _COMPILED[key]
 

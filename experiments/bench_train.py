@@ -6,6 +6,8 @@
   python experiments/bench_train.py --config=configs/scale3.py --skip_data --peak_tflops=989  # H100 bf16
   python experiments/bench_train.py --config=configs/scale3.py --skip_data --members=1,2,4,8
   python experiments/bench_train.py --config=configs/scale1.py --skip_data --dtypes=float32,bfloat16
+  python experiments/bench_train.py --config=configs/scale1.py --skip_data --members=1,3 \
+      --member_axes=vmap,map
 
 ``--members`` times ``train.num_members = K`` (K models vmapped in one epoch
 call, each with its own data order) for each K, and ``--dtypes`` each compute
@@ -48,6 +50,7 @@ import numpy as np
 
 from cardiac_jax import evaluation
 from cardiac_jax import input_pipeline
+from cardiac_jax import members
 from cardiac_jax import models
 from cardiac_jax import optim
 from cardiac_jax import parallel
@@ -64,6 +67,8 @@ _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0 =
 _MATMUL_N = flags.DEFINE_integer("matmul_size", 2048, "n of the n x n reference matmul.")
 _MEMBERS = flags.DEFINE_list("members", [], "Also time train.num_members = K for each K.")
 _DTYPES = flags.DEFINE_list("dtypes", [], "Also time these model.dtype values (x --members).")
+_AXES = flags.DEFINE_list("member_axes", [], "train.member_axis values for K > 1 (vmap, map); "
+                          "[] = the config's.")
 
 
 def _peak_rss_mb() -> float:
@@ -227,14 +232,18 @@ def bench_variants(variants: dict[str, Any], ds: Any, steps: int, repeats: int,
   return out
 
 
-def _variants(config: Any, ks: list[int], dtypes: list[str]) -> dict[str, Any]:
-  """Every (K, dtype) pair of ``--members`` x ``--dtypes`` as a config."""
+def _variants(config: Any, ks: list[int], dtypes: list[str],
+              axes: list[str]) -> dict[str, Any]:
+  """Every (K, dtype, member axis) of ``--members`` x ``--dtypes`` x ``--member_axes``
+  as a config (K = 1 once per dtype: it has no member axis)."""
   out = {}
   for dtype in dtypes or [config.model.dtype]:
     for k in ks or [1]:
-      cfg = config.copy_and_resolve_references()
-      cfg.train.num_members, cfg.model.dtype = int(k), dtype
-      out[f"K={k} {jnp.dtype(models.resolve_dtype(dtype)).name}"] = cfg
+      for axis in (axes or [config.train.member_axis]) if k > 1 else ["auto"]:
+        cfg = config.copy_and_resolve_references()
+        cfg.train.num_members, cfg.model.dtype, cfg.train.member_axis = int(k), dtype, axis
+        label = f"K={k} {jnp.dtype(models.resolve_dtype(dtype)).name}"
+        out[label + (f" {members.member_axis(cfg)}" if k > 1 else "")] = cfg
   return out
 
 
@@ -278,7 +287,7 @@ def main(argv):
   tr = bench_training(run, _STEPS.value, _REPEATS.value)
   ev = bench_eval(run, _REPEATS.value)
   ks, dtypes = [int(k) for k in _MEMBERS.value], list(_DTYPES.value)
-  mem = bench_variants(_variants(run.config, ks, dtypes), ds, _STEPS.value, _REPEATS.value,
+  mem = bench_variants(_variants(run.config, ks, dtypes, list(_AXES.value)), ds, _STEPS.value, _REPEATS.value,
                        tr["flops_per_step_xla"]) if ks or dtypes else {}
   mm = max(mm_before, matmul_gflops(_MATMUL_N.value, dtype))
   tr["fraction_of_matmul"] = tr["gflops_per_s"] / mm

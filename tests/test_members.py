@@ -163,3 +163,31 @@ def test_num_members_must_be_positive():
   config = _config(0)
   with pytest.raises(ConfigError, match="num_members must be >= 1"):
     members_lib.num_members(config)
+
+
+def test_vmapped_members_equal_mapped_members(tmp_path, dataset, member_run):
+  """The two ways of running members in one program train the same models (to the
+  float32 tolerance of the members-vs-separate-runs test: batched matmuls sum in
+  another order)."""
+  assert members_lib.member_axis(_config(2)) == (
+      "map" if jax.default_backend() == "cpu" else "vmap")
+  other = "vmap" if members_lib.member_axis(_config(2)) == "map" else "map"
+  config = _config(2)
+  config.train.member_axis = other
+  results = train.train_and_evaluate(config, str(tmp_path), dataset=dataset)
+  ref = report_lib.read_metrics(os.path.join(member_run[0], "metrics.jsonl"))
+  got = report_lib.read_metrics(os.path.join(str(tmp_path), "metrics.jsonl"))
+  assert len(got) == len(ref)
+  for a, b in zip(ref, got):
+    for k in (0, 1):
+      for key in ("train_loss", "val_loss", "param_norm"):
+        assert b["members"][k][key] == pytest.approx(a["members"][k][key], rel=1e-3), (
+            other, a["epoch"], k, key)
+  assert results["members"]["best_epoch"] == member_run[1]["members"]["best_epoch"]
+
+
+def test_member_axis_must_be_known():
+  config = _config(2)
+  config.train.member_axis = "pmap"
+  with pytest.raises(ConfigError, match="member_axis"):
+    members_lib.member_axis(config)
