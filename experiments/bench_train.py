@@ -9,9 +9,9 @@
   python experiments/bench_train.py --config=configs/scale1.py --skip_data --members=1,3 \
       --member_axes=vmap,map
 
-``--members`` times ``train.num_members = K`` (K models vmapped in one epoch
-call, each with its own data order) for each K, and ``--dtypes`` each compute
-dtype (every pair of the two), interleaved over the repeats so a busy machine
+``--members`` times ``train.num_members = K`` (K models in one epoch call,
+vmapped or mapped as ``--member_axes`` says) for each K, and ``--dtypes`` each
+compute dtype (every combination), interleaved over the repeats so a busy machine
 disturbs every variant alike: aggregate sequences/s (K x batch x steps / time),
 per-member step time, and the fraction of the matmul rate in the variant's dtype.
 
@@ -196,7 +196,7 @@ def bench_training(run: train.Run, steps: int, repeats: int) -> dict[str, Any]:
 
 def bench_variants(variants: dict[str, Any], ds: Any, steps: int, repeats: int,
                    flops_per_step: float) -> dict[str, dict[str, Any]]:
-  """Epoch calls of each config variant (its K vmapped members, its dtype), timed
+  """Epoch calls of each config variant (its K members, member axis, dtype), timed
   round-robin over the variants so a busy machine disturbs each alike (best of repeats)."""
   calls, out = {}, {}
   for label, cfg in variants.items():
