@@ -56,7 +56,10 @@ _TARGET_SECONDS = 300.0
 _TARGET_RSS_GB = 8.0
 
 _N_CELLS = flags.DEFINE_integer("n_cells", 230_786, "Cells to simulate (GSE175634: 230,786).")
-_N_GENES = flags.DEFINE_integer("n_genes", 2_000, "Genes to simulate.")
+_N_GENES = flags.DEFINE_integer("n_genes", 2_000, "Genes to simulate (GSE175634: 38,943).")
+_LIBRARY = flags.DEFINE_float("mean_library_size", 2_000.0, "Mean UMIs per simulated cell; "
+                              "5,000 at 38,943 genes gives GSE175634's density (~1,350 "
+                              "non-zeros per cell).")
 _SEED = flags.DEFINE_integer("seed", 0, "Simulator seed.")
 _PRESET = flags.DEFINE_string("preset", "scale3", "config_lib preset of the build stage.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/full", "Folder for the data files and results.")
@@ -110,7 +113,8 @@ def _stage_simulate(p: dict[str, pathlib.Path]) -> dict:
   from cardiac_jax.data import simulator  # pylint: disable=g-import-not-at-top
   clock = _Clock()
   adata = clock("simulate_cells", simulator.simulate_cells, n_cells=_N_CELLS.value,
-                n_genes=_N_GENES.value, seed=_SEED.value)
+                n_genes=_N_GENES.value, seed=_SEED.value,
+                mean_library_size=_LIBRARY.value)
   clock("write_h5ad", _write_h5ad_atomic, adata, p["cells"])
   return {"steps": clock.steps, "nnz": int(adata.X.nnz), "shape": list(adata.shape),
           "file_mb": p["cells"].stat().st_size / 2**20}
@@ -256,6 +260,7 @@ def _run_child(stage: str, workdir: pathlib.Path) -> dict:
   result_path.unlink(missing_ok=True)
   argv = [sys.executable, os.path.abspath(__file__), f"--stage={stage}",
           f"--n_cells={_N_CELLS.value}", f"--n_genes={_N_GENES.value}", f"--seed={_SEED.value}",
+          f"--mean_library_size={_LIBRARY.value}",
           f"--preset={_PRESET.value}", f"--workdir={workdir}", f"--model={_MODEL.value}",
           f"--n_walks={_N_WALKS.value}", f"--train_cells={_TRAIN_CELLS.value}",
           f"--train_epochs={_TRAIN_EPOCHS.value}"]
