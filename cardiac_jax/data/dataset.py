@@ -390,6 +390,10 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
                                      data_cfg.preprocess)
   with stage("transform"):
     pcs = np.asarray(pp.transform(cells.counts, cells.gene_names), dtype=np.float32)
+  n_cells = cells.n_cells
+  # The transform was the counts' last use: free them (most of the full-size peak)
+  # before the walks and the spatial section.
+  cells = dataclasses.replace(cells, counts=None)
 
   per_split = splits.allocate(int(seq_cfg.per_population), fractions)    # (S,)
   with stage("neighbour_tables"):
@@ -457,7 +461,7 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
         "n_pcs": int(n_pcs),
         "num_features": int(n_pcs + 2),
         "length": length,
-        "n_cells": int(cells.counts.shape[0]),
+        "n_cells": int(n_cells),
         "n_spots": int(spots.counts.shape[0]) if spots is not None else 0,
         "cells_per_split": np.bincount(cell_split, minlength=3).tolist(),
         "counts": _counts_table(y, split, class_names),
