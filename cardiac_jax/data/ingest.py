@@ -4,7 +4,10 @@ Everything downstream (splits, preprocessing, walks) indexes the arrays built
 here, so this is the one place that checks the input: obs keys, labels, time
 points and that the matrix holds raw counts. The checks look only at the stored
 values of a sparse matrix (``.data``) or at row chunks of a dense one, so a
-230K-cell matrix is validated without a dense copy.
+230K-cell matrix is validated without a dense copy. An h5ad read with
+``load_h5ad(path, backed=True)`` keeps X on disk; `prepare_cells` then reads it in
+chunks straight into its float32 CSR, so a GSE175634-sized matrix (312 M stored
+values) is held once, not as the file's integers plus the float32 copy.
 """
 from __future__ import annotations
 
@@ -255,11 +258,10 @@ def _take_rows_float32(csr: Any, rows: np.ndarray) -> sp.csr_matrix:
   if np.any(np.diff(rows) <= 0):
     raise ValueError("rows must be strictly increasing")
   if isinstance(csr, _CSRDataset):
-    source = csr.group                                    # h5py datasets: sliced reads
-  else:
-    source = {"data": csr.data, "indices": csr.indices}   # numpy: sliced views
-  source_indptr = np.asarray(source["indptr"][:] if isinstance(csr, _CSRDataset)
-                             else csr.indptr, np.int64)
+    source = csr.group        # h5py datasets: each slice is one read
+  else:                       # numpy arrays: each slice is a view
+    source = {"data": csr.data, "indices": csr.indices, "indptr": csr.indptr}
+  source_indptr = np.asarray(source["indptr"][:], np.int64)
   n_source, n_genes = csr.shape
   lengths = np.diff(source_indptr)[rows]
   indptr = np.zeros(len(rows) + 1, np.int64)

@@ -6,7 +6,10 @@ rows so that validation/test cells (and spatial spots) never leak into the
 features. All of it is sparse: the only dense blocks are ``chunk_rows x n_hvg``
 in `Preprocessor.transform` and the PCA fitting block (at most
 ``pca_max_cells x n_hvg`` float32: 50,000 x 2,000 = 400 MB, 20K training cells
-x 2,000 HVGs = 160 MB).
+x 2,000 HVGs = 160 MB). The fit reads the training rows in blocks of ~16 M stored
+values (two passes: all genes for the HVGs, then the HVGs), never a copy of the
+training matrix, so at GSE175634's size (38,943 genes, 312 M stored values) it
+adds ~0.6 GB to the counts it is given.
 
 HVG selection is scanpy's ``flavor="seurat"``: on the normalised (not logged)
 training expression, the log dispersion (variance / mean) of each gene is
