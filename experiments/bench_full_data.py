@@ -7,7 +7,7 @@
       --mean_library_size=5000 --workdir=/tmp/full --stages=write_geo,convert,build --predict
 
 Simulating at 38,943 genes draws a negative binomial for every one of the 9 G
-cell x gene entries (~10 min on 2 cores), so generate cells.h5ad once
+cell x gene entries (19 min on 2 shared cores), so generate cells.h5ad once
 (``--stages=simulate``) and let later runs reuse it: every other stage reads it.
 
 Every stage runs in its own child process (this script re-invoked with --stage),
