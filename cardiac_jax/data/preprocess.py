@@ -276,8 +276,10 @@ def _train_indices(train_rows: Any, n: int) -> np.ndarray:
   return np.unique(rows)
 
 
-def _row_blocks(counts: Any, rows: np.ndarray) -> np.ndarray:  # counts: CSR or dense
+def _row_blocks(counts: Any, rows: np.ndarray) -> np.ndarray:
   """Boundaries into ``rows`` of blocks of about ``_STATS_CHUNK_VALUES`` stored values.
+
+  ``counts`` is CSR or dense (a dense row stores every gene).
 
   A single block when the training rows fit in one (the moments are then summed
   exactly as over the whole matrix).
