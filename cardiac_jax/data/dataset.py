@@ -231,8 +231,11 @@ def planned_stages(data_cfg: Any, cache: bool) -> list[str]:
 
 
 def _load_anndata(source: str, path: str, simulate: Callable[[], Any], key: str,
-                  empty_path_fix: str) -> "anndata.AnnData":
-  """``simulate()`` or the h5ad at ``path``, as config.``key``.source says."""
+                  empty_path_fix: str, backed: bool = False) -> "anndata.AnnData":
+  """``simulate()`` or the h5ad at ``path``, as config.``key``.source says.
+
+  ``backed`` leaves an h5ad's X on disk (``ingest.load_h5ad``).
+  """
   if source == "simulator":
     return simulate()
   if source == "h5ad":
@@ -240,19 +243,24 @@ def _load_anndata(source: str, path: str, simulate: Callable[[], Any], key: str,
       raise DataError(f"config.{key}.source is 'h5ad' but config.{key}.path is empty; "
                       f"{empty_path_fix}")
     from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
-    return ingest.load_h5ad(path)
+    return ingest.load_h5ad(path, backed=backed)
   raise DataError(f"config.{key}.source must be 'simulator' or 'h5ad', got {source!r}")
 
 
-def load_cells(data_cfg: Any) -> "anndata.AnnData":
-  """The configured single-cell AnnData (simulated or read from config.data.path)."""
+def load_cells(data_cfg: Any, backed: bool = False) -> "anndata.AnnData":
+  """The configured single-cell AnnData (simulated or read from config.data.path).
+
+  ``backed=True`` leaves an h5ad's X on disk, for `ingest.prepare_cells` to stream
+  (the caller closes ``adata.file``); simulated data is always in memory.
+  """
   def simulate():
     from cardiac_jax.data import simulator  # pylint: disable=g-import-not-at-top
     s = data_cfg.simulator
     return simulator.simulate_cells(n_cells=s.n_cells, n_genes=s.n_genes,
                                     n_donors=s.n_donors, seed=s.seed)
   return _load_anndata(data_cfg.source, data_cfg.path, simulate, "data",
-                       "set it to the .h5ad file (see cardiac_jax.data.geo for GEO downloads).")
+                       "set it to the .h5ad file (see cardiac_jax.data.geo for GEO downloads).",
+                       backed=backed)
 
 
 def load_spots(data_cfg: Any) -> "anndata.AnnData":
@@ -353,9 +361,15 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
   fractions = tuple(split_cfg.fractions)
   length, k = int(seq_cfg.length), int(seq_cfg.k_neighbors)
   with stage("simulate" if data_cfg.source == "simulator" else "load"):
-    adata = load_cells(data_cfg)
+    # X stays on disk: prepare reads it once, in chunks, into its float32 copy, so the
+    # file's integer matrix is never held as well (half the peak at full size).
+    adata = load_cells(data_cfg, backed=True)
   with stage("prepare"):
-    cells = ingest.prepare_cells(adata, data_cfg)
+    try:
+      cells = ingest.prepare_cells(adata, data_cfg)
+    finally:
+      if adata.isbacked:
+        adata.file.close()
     del adata
   class_names = tuple(cells.class_names)
   logging.info("build_dataset: %d cells x %d genes, %d days, classes %s", cells.counts.shape[0],
@@ -376,6 +390,10 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
                                      data_cfg.preprocess)
   with stage("transform"):
     pcs = np.asarray(pp.transform(cells.counts, cells.gene_names), dtype=np.float32)
+  n_cells = cells.n_cells
+  # The transform was the counts' last use: free them (most of the full-size peak)
+  # before the walks and the spatial section.
+  cells = dataclasses.replace(cells, counts=None)
 
   per_split = splits.allocate(int(seq_cfg.per_population), fractions)    # (S,)
   with stage("neighbour_tables"):
@@ -443,7 +461,7 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
         "n_pcs": int(n_pcs),
         "num_features": int(n_pcs + 2),
         "length": length,
-        "n_cells": int(cells.counts.shape[0]),
+        "n_cells": int(n_cells),
         "n_spots": int(spots.counts.shape[0]) if spots is not None else 0,
         "cells_per_split": np.bincount(cell_split, minlength=3).tolist(),
         "counts": _counts_table(y, split, class_names),

@@ -4,7 +4,10 @@ Everything downstream (splits, preprocessing, walks) indexes the arrays built
 here, so this is the one place that checks the input: obs keys, labels, time
 points and that the matrix holds raw counts. The checks look only at the stored
 values of a sparse matrix (``.data``) or at row chunks of a dense one, so a
-230K-cell matrix is validated without a dense copy.
+230K-cell matrix is validated without a dense copy. An h5ad read with
+``load_h5ad(path, backed=True)`` keeps X on disk; `prepare_cells` then reads it in
+chunks straight into its float32 CSR, so a GSE175634-sized matrix (312 M stored
+values) is held once, not as the file's integers plus the float32 copy.
 """
 from __future__ import annotations
 
@@ -21,6 +24,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from cardiac_jax.data.errors import DataError
+
+try:   # a backed (on-disk) sparse X, as ``anndata.read_h5ad(..., backed="r")`` gives it
+  _CSRDataset, _CSCDataset = ad.abc.CSRDataset, ad.abc.CSCDataset
+except AttributeError:   # anndata < 0.11
+  from anndata.experimental import CSCDataset as _CSCDataset  # pylint: disable=g-import-not-at-top
+  from anndata.experimental import CSRDataset as _CSRDataset  # pylint: disable=g-import-not-at-top
 
 # A log1p(1e4-normalised) matrix tops out near log1p(1e4) ~ 9.2; raw counts with
 # non-integer values and a maximum this small are almost surely log-normalised.
@@ -79,8 +88,13 @@ def _index_of(values: np.ndarray, vocabulary: Sequence[str]) -> np.ndarray:
   return np.asarray([position[u] for u in uniq], np.int32)[inverse]   # loop over distinct values
 
 
-def load_h5ad(path: str | os.PathLike) -> ad.AnnData:
-  """Reads an .h5ad into memory, turning the common failures into DataErrors."""
+def load_h5ad(path: str | os.PathLike, *, backed: bool = False) -> ad.AnnData:
+  """Reads an .h5ad, turning the common failures into DataErrors.
+
+  ``backed=True`` keeps X on disk (read-only; obs, var and layers are read), so
+  `prepare_cells` streams it straight into its float32 copy instead of holding
+  the file's integer matrix as well; close it with ``adata.file.close()``.
+  """
   path = pathlib.Path(path).expanduser()
   if not str(path) or str(path) == ".":
     raise DataError("no .h5ad path given; set config.data.path (or config.data.spatial.path)")
@@ -93,11 +107,12 @@ def load_h5ad(path: str | os.PathLike) -> ad.AnnData:
     raise DataError(f"{path} is not an h5ad (HDF5) file; write it with AnnData.write_h5ad "
                     "or convert GEO MatrixMarket files with cardiac_jax.data.geo.convert_geo")
   try:
-    adata = ad.read_h5ad(path)
+    adata = ad.read_h5ad(path, backed="r" if backed else None)
   except (OSError, KeyError, TypeError, ValueError) as e:
     raise DataError(f"{path} is HDF5 but not a readable AnnData file ({e}); "
                     "re-write it with AnnData.write_h5ad") from e
-  logging.info("loaded %s: %d obs x %d vars", path, adata.n_obs, adata.n_vars)
+  logging.info("loaded %s: %d obs x %d vars%s", path, adata.n_obs, adata.n_vars,
+               " (X backed on disk)" if backed else "")
   return adata
 
 
@@ -178,7 +193,12 @@ def _counts_matrix(adata: ad.AnnData, layer: str, config_field: str) -> Any:
   if adata.X is None:
     raise DataError(f"AnnData has no X; set {config_field} to the layer holding raw counts "
                     f"(layers present: {list(adata.layers)})")
-  return adata.X
+  matrix = adata.X
+  if isinstance(matrix, _CSCDataset):
+    # Rows of a CSC file are scattered over all of it: read it whole, once.
+    logging.info("X is stored as CSC on disk; reading it into memory to select rows")
+    matrix = matrix.to_memory()
+  return matrix
 
 
 def check_counts(matrix: Any, where: str, config_field: str = "config.data.counts_layer") -> None:
@@ -186,11 +206,15 @@ def check_counts(matrix: Any, where: str, config_field: str = "config.data.count
 
   Sparse input is checked on its stored values only; dense input in row chunks.
   """
-  if sp.issparse(matrix):
-    stored = matrix if matrix.format in ("csr", "csc", "coo", "bsr") else matrix.tocsr()
-    data = np.asarray(stored.data)
-    chunks: Iterable[np.ndarray] = (data[i:i + _SPARSE_CHUNK_VALUES]
-                                    for i in range(0, max(data.size, 1), _SPARSE_CHUNK_VALUES))
+  if sp.issparse(matrix) or isinstance(matrix, _CSRDataset):
+    if isinstance(matrix, _CSRDataset):
+      data = matrix.group["data"]   # h5py: each slice below is one bounded read
+    else:
+      stored = matrix if matrix.format in ("csr", "csc", "coo", "bsr") else matrix.tocsr()
+      data = np.asarray(stored.data)
+    chunks: Iterable[np.ndarray] = (
+        np.asarray(data[i:i + _SPARSE_CHUNK_VALUES])
+        for i in range(0, max(data.shape[0], 1), _SPARSE_CHUNK_VALUES))
   else:
     matrix = np.asarray(matrix) if not hasattr(matrix, "shape") else matrix
     chunks = (np.asarray(matrix[i:i + _DENSE_CHUNK_ROWS])
@@ -222,33 +246,55 @@ def check_counts(matrix: Any, where: str, config_field: str = "config.data.count
                     f"are integers; point {config_field} at raw counts")
 
 
-def _take_rows_float32(csr: sp.csr_matrix, rows: np.ndarray) -> sp.csr_matrix:
+def _take_rows_float32(csr: Any, rows: np.ndarray) -> sp.csr_matrix:
   """``csr[rows]`` as float32, gathered in row chunks into preallocated arrays.
 
-  Indexing then casting would hold the input, an integer copy and the float32
-  copy at once (~3x the matrix); this holds the input and the output only.
+  ``csr`` is a scipy CSR matrix or a backed (on-disk) one, whose chunks are
+  single contiguous reads of its data and indices. Indexing then casting would
+  hold the input, an integer copy and the float32 copy at once (~3x the matrix);
+  this holds the output and one chunk (plus the input when it is in memory).
   """
-  lengths = np.diff(csr.indptr)[rows]
+  rows = np.asarray(rows, np.int64)
+  if np.any(np.diff(rows) <= 0):
+    raise ValueError("rows must be strictly increasing")
+  if isinstance(csr, _CSRDataset):
+    source = csr.group        # h5py datasets: each slice is one read
+  else:                       # numpy arrays: each slice is a view
+    source = {"data": csr.data, "indices": csr.indices, "indptr": csr.indptr}
+  source_indptr = np.asarray(source["indptr"][:], np.int64)
+  n_source, n_genes = csr.shape
+  lengths = np.diff(source_indptr)[rows]
   indptr = np.zeros(len(rows) + 1, np.int64)
   np.cumsum(lengths, out=indptr[1:])
   nnz = int(indptr[-1])
-  index_dtype = np.int32 if max(nnz, csr.shape[1]) < np.iinfo(np.int32).max else np.int64
+  index_dtype = np.int32 if max(nnz, n_genes) < np.iinfo(np.int32).max else np.int64
   data = np.empty(nnz, np.float32)
   indices = np.empty(nnz, index_dtype)
-  mean_row = max(1, csr.nnz // max(csr.shape[0], 1))
+  mean_row = max(1, int(source_indptr[-1]) // max(n_source, 1))
   step = max(1, _SPARSE_CHUNK_VALUES // mean_row)
-  for start in range(0, len(rows), step):
-    block = csr[rows[start:start + step]]
-    a, b = indptr[start], indptr[min(start + step, len(rows))]
-    data[a:b] = block.data
-    indices[a:b] = block.indices
+  for first in range(0, n_source, step):
+    stop = min(first + step, n_source)
+    a, b = np.searchsorted(rows, [first, stop])
+    if a == b:
+      continue
+    lo, hi = source_indptr[first], source_indptr[stop]
+    values, genes = source["data"][lo:hi], source["indices"][lo:hi]
+    if b - a < stop - first:   # some rows of the range are not wanted
+      wanted = np.zeros(stop - first, bool)
+      wanted[rows[a:b] - first] = True
+      take = np.repeat(wanted, np.diff(source_indptr[first:stop + 1]))
+      values, genes = values[take], genes[take]
+    data[indptr[a]:indptr[b]] = values
+    indices[indptr[a]:indptr[b]] = genes
   return sp.csr_matrix((data, indices, indptr.astype(index_dtype, copy=False)),
-                       shape=(len(rows), csr.shape[1]))
+                       shape=(len(rows), n_genes))
 
 
 def _to_csr_float32(matrix: Any, rows: np.ndarray) -> sp.csr_matrix:
   """Selects ``rows`` as canonical float32 CSR without a dense copy of the whole matrix."""
-  if sp.issparse(matrix):
+  if isinstance(matrix, _CSRDataset):
+    out = _take_rows_float32(matrix, rows)
+  elif sp.issparse(matrix):
     out = _take_rows_float32(sp.csr_matrix(matrix), rows)
   else:
     blocks = [sp.csr_matrix(np.asarray(matrix[rows[i:i + _DENSE_CHUNK_ROWS]]))

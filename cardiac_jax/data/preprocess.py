@@ -6,7 +6,10 @@ rows so that validation/test cells (and spatial spots) never leak into the
 features. All of it is sparse: the only dense blocks are ``chunk_rows x n_hvg``
 in `Preprocessor.transform` and the PCA fitting block (at most
 ``pca_max_cells x n_hvg`` float32: 50,000 x 2,000 = 400 MB, 20K training cells
-x 2,000 HVGs = 160 MB).
+x 2,000 HVGs = 160 MB). The fit reads the training rows in blocks of ~16 M stored
+values (two passes: all genes for the HVGs, then the HVGs), never a copy of the
+training matrix, so at GSE175634's size (38,943 genes, 312 M stored values) it
+adds ~0.6 GB to the counts it is given.
 
 HVG selection is scanpy's ``flavor="seurat"``: on the normalised (not logged)
 training expression, the log dispersion (variance / mean) of each gene is
@@ -68,31 +71,55 @@ def log_normalise(block: sp.csr_matrix, target_sum: float, *,
   return block
 
 
+class _Moments:
+  """Column sums and sums of squares (float64), accumulated over row blocks.
+
+  Bincounts over the column indices in chunks of stored values, so neither a
+  block nor a float64 copy of all its values is ever made, and the training
+  matrix can arrive in row blocks (`fit_preprocessor` never copies it whole).
+  """
+
+  def __init__(self, n_genes: int):
+    self.n = 0
+    self.total, self.total_sq = np.zeros(n_genes), np.zeros(n_genes)
+
+  def add(self, block: sp.csr_matrix,
+          fn: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+    """Adds the rows of ``block`` (``fn`` maps stored values; it must keep zeros zero)."""
+    g = len(self.total)
+    self.n += block.shape[0]
+    for start in range(0, block.nnz, _STATS_CHUNK_VALUES):
+      values = block.data[start:start + _STATS_CHUNK_VALUES].astype(np.float64)
+      if fn is not None:
+        values = fn(values)
+      cols = block.indices[start:start + _STATS_CHUNK_VALUES]
+      self.total += np.bincount(cols, values, minlength=g)
+      self.total_sq += np.bincount(cols, values * values, minlength=g)
+
+  def mean_var(self) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and unbiased variance of every row added."""
+    n = self.n
+    mean, mean_sq = self.total / n, self.total_sq / n
+    var = np.maximum(mean_sq - mean**2, 0.0) * (n / max(n - 1, 1))
+    return mean, var
+
+
 def _mean_var(block: sp.csr_matrix, fn: Callable[[np.ndarray], np.ndarray] | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
-  """Column mean and unbiased variance (float64) of ``block`` (of ``fn`` of its values).
-
-  ``fn`` maps stored values elementwise (e.g. expm1; it must keep zeros zero).
-  Bincounts over the column indices in chunks of stored values, so neither the
-  block nor a float64 copy of all its values is ever made.
-  """
-  n, g = block.shape
-  total, total_sq = np.zeros(g), np.zeros(g)
-  for start in range(0, block.nnz, _STATS_CHUNK_VALUES):
-    values = block.data[start:start + _STATS_CHUNK_VALUES].astype(np.float64)
-    if fn is not None:
-      values = fn(values)
-    cols = block.indices[start:start + _STATS_CHUNK_VALUES]
-    total += np.bincount(cols, values, minlength=g)
-    total_sq += np.bincount(cols, values * values, minlength=g)
-  mean, mean_sq = total / n, total_sq / n
-  var = np.maximum(mean_sq - mean**2, 0.0) * (n / max(n - 1, 1))
-  return mean, var
+  """Column mean and unbiased variance (float64) of ``block`` (of ``fn`` of its values)."""
+  moments = _Moments(block.shape[1])
+  moments.add(block, fn)
+  return moments.mean_var()
 
 
 def seurat_dispersion(logged: sp.csr_matrix, n_bins: int = N_DISPERSION_BINS) -> np.ndarray:
   """Normalised dispersion per gene (scanpy flavor="seurat"); -inf for undetected genes."""
-  mean, var = _mean_var(logged, np.expm1)
+  return _normalised_dispersion(*_mean_var(logged, np.expm1), n_bins)
+
+
+def _normalised_dispersion(mean: np.ndarray, var: np.ndarray,
+                           n_bins: int = N_DISPERSION_BINS) -> np.ndarray:
+  """`seurat_dispersion` from the normalised expression's column mean and variance."""
   detected = mean > 0
   with np.errstate(divide="ignore", invalid="ignore"):
     dispersion = np.where(detected & (var > 0), np.log(var / np.where(detected, mean, 1.0)),
@@ -249,6 +276,33 @@ def _train_indices(train_rows: Any, n: int) -> np.ndarray:
   return np.unique(rows)
 
 
+def _row_blocks(counts: Any, rows: np.ndarray) -> np.ndarray:
+  """Boundaries into ``rows`` of blocks of about ``_STATS_CHUNK_VALUES`` stored values.
+
+  ``counts`` is CSR or dense (a dense row stores every gene).
+
+  A single block when the training rows fit in one (the moments are then summed
+  exactly as over the whole matrix).
+  """
+  if sp.issparse(counts):
+    per_row = np.diff(counts.indptr)[rows]
+  else:
+    per_row = np.full(len(rows), counts.shape[1], np.int64)
+  ends = np.cumsum(per_row)
+  cuts = np.searchsorted(ends, np.arange(_STATS_CHUNK_VALUES, int(ends[-1]),
+                                         _STATS_CHUNK_VALUES), side="right")
+  return np.unique(np.concatenate([[0], cuts, [len(rows)]]))
+
+
+def _train_block(counts: Any, rows: np.ndarray, target_sum: float) -> sp.csr_matrix:
+  """Log-normalised float32 CSR of ``counts[rows]`` (a fresh copy, normalised in place)."""
+  if sp.issparse(counts):
+    block = sp.csr_matrix(counts[rows], dtype=np.float32)
+  else:
+    block = sp.csr_matrix(np.asarray(counts[rows]), dtype=np.float32)
+  return log_normalise(block, target_sum, copy=False)
+
+
 def fit_preprocessor(counts: Any, gene_names: Sequence[str], train_rows: Any,
                      pp_cfg: Any) -> Preprocessor:
   """Fits HVGs, scaling and PCA on the training rows of a raw counts matrix.
@@ -280,16 +334,16 @@ def fit_preprocessor(counts: Any, gene_names: Sequence[str], train_rows: Any,
     raise DataError("config.data.preprocess needs target_sum > 0, max_value > 0, n_hvg >= 1 "
                     f"and n_pcs >= 1 (got {target_sum}, {max_value}, {n_hvg}, {n_pcs})")
 
-  if sp.issparse(counts):
-    train = sp.csr_matrix(sp.csr_matrix(counts)[rows], dtype=np.float32)
-  else:
-    train = sp.vstack([sp.csr_matrix(np.asarray(counts[rows[i:i + DEFAULT_CHUNK_ROWS]]),
-                                     dtype=np.float32)
-                       for i in range(0, len(rows), DEFAULT_CHUNK_ROWS)], format="csr")
-  logged = log_normalise(train, target_sum, copy=False)   # train is our own copy
-  del train
-
-  dispersion = seurat_dispersion(logged)
+  # Two passes over the training rows in blocks (HVG statistics on all genes, then
+  # the HVGs' scaling and the PCA rows): no copy of the training matrix is made,
+  # so the peak is the input plus one block, whatever the number of cells.
+  if sp.issparse(counts) and counts.format != "csr":
+    counts = sp.csr_matrix(counts)   # once, not per block
+  starts = _row_blocks(counts, rows)
+  moments = _Moments(len(gene_names))
+  for a, b in zip(starts[:-1], starts[1:]):
+    moments.add(_train_block(counts, rows[a:b], target_sum), np.expm1)
+  dispersion = _normalised_dispersion(*moments.mean_var())
   n_detected = int(np.isfinite(dispersion).sum())
   if n_hvg > n_detected:
     logging.warning("n_hvg=%d but only %d genes vary in the training cells; keeping %d", n_hvg,
@@ -299,11 +353,6 @@ def fit_preprocessor(counts: Any, gene_names: Sequence[str], train_rows: Any,
     raise DataError("no gene varies across the training cells; check the counts")
   ranked = np.argsort(-dispersion, kind="stable")
   hvg = np.sort(ranked[:n_hvg])
-  if n_hvg < logged.shape[1]:
-    logged = logged[:, hvg]
-  mean, var = _mean_var(logged)
-  scale = np.sqrt(var)
-  scale[scale == 0] = 1.0
 
   if n_pcs > min(len(rows), n_hvg):
     raise DataError(f"n_pcs={n_pcs} exceeds min(training cells={len(rows)}, genes={n_hvg}); "
@@ -311,12 +360,24 @@ def fit_preprocessor(counts: Any, gene_names: Sequence[str], train_rows: Any,
   rng = np.random.default_rng(seed)
   pca_rows = (np.arange(len(rows)) if len(rows) <= pca_max_cells
               else np.sort(rng.choice(len(rows), pca_max_cells, replace=False)))
-  mean32, scale32 = mean.astype(np.float32), scale.astype(np.float32)
+  # The PCA rows are kept as logged HVG values, then scaled once mean and scale are known.
   block = np.empty((len(pca_rows), n_hvg), np.float32)
-  for start in range(0, len(pca_rows), DEFAULT_CHUNK_ROWS):
-    part = pca_rows[start:start + DEFAULT_CHUNK_ROWS]
-    block[start:start + len(part)] = (logged[part].toarray() - mean32) / scale32
-  del logged
+  moments = _Moments(n_hvg)
+  for a, b in zip(starts[:-1], starts[1:]):
+    logged = _train_block(counts, rows[a:b], target_sum)
+    if n_hvg < logged.shape[1]:
+      logged = logged[:, hvg]
+    moments.add(logged)
+    lo, hi = np.searchsorted(pca_rows, [a, b])
+    block[lo:hi] = logged[pca_rows[lo:hi] - a].toarray()
+  mean, var = moments.mean_var()
+  scale = np.sqrt(var)
+  scale[scale == 0] = 1.0
+  mean32, scale32 = mean.astype(np.float32), scale.astype(np.float32)
+  for start in range(0, len(block), DEFAULT_CHUNK_ROWS):
+    part = block[start:start + DEFAULT_CHUNK_ROWS]
+    part -= mean32
+    part /= scale32
   np.clip(block, -max_value, max_value, out=block)
   pca_mean = block.mean(axis=0)
   block -= pca_mean
