@@ -43,6 +43,11 @@ stage smoke 60 python3 -m cardiac_jax.main --config=configs/debug.py --workdir=/
 stage bench_train 120 python3 experiments/bench_train.py --config=configs/scale3.py --skip_data \
   --steps=64 --repeats=5 --peak_tflops=989 --out="$OUT/bench_train_scale3.json" 2>&1 | tail -n 30
 
+# Issue 13's GPU target: K = 8 scale3 members in <= 2x one member's time (>= 4x aggregate).
+stage bench_members 150 python3 experiments/bench_train.py --config=configs/scale3.py --skip_data \
+  --steps=64 --repeats=3 --peak_tflops=989 --members=1,8,32 --member_axes=vmap \
+  --out="$OUT/bench_members_scale3.json" 2>&1 | tail -n 12
+
 stage multiscale_scale3 150 python3 experiments/multiscale.py --workdir=/tmp/ms --scales=scale3 \
   2>&1 | tee "$OUT/multiscale_scale3.log" | grep -E "epoch|test|Best|rc=" | tail -n 40
 

@@ -199,7 +199,7 @@ def markdown(summaries: dict[str, dict[str, Any]]) -> str:
             f"{r['val_acc']:.3f} | {r['train_acc']:.3f} | {r['acc_gap']:+.3f} | "
             f"{r['best_epoch']} / {r['epochs_run']} | "
             f"{_fmt(r['at_best_epoch']['label_smoothing'])} | "
-            f"{_fmt(r['at_best_epoch']['weight_decay'])} | {r['train_seconds']:.0f} | "
+            f"{_fmt(r['at_best_epoch']['weight_decay'])} | {_fmt(r.get('train_seconds'), 0)} | "
             f"{yn('test_accuracy')} | {yn('accuracy_gap')} | {yn('val_not_below_train')} |")
   return "\n".join(lines) + "\n"
 
