@@ -345,13 +345,21 @@ def run_benchmark(config: ml_collections.ConfigDict, seeds: Sequence[int],
     methods = [m for m in methods if m not in CELLRANK]
   common = [f"--workdir={workdir}", f"--n_walks={n_walks}", *overrides]
   results = {"seeds": [], "methods": list(methods), "cellrank_version": cr_version,
-             "notes": notes, "config": config.name, "costs": {}}
+             "notes": notes, "config": config.name,
+             "command": " ".join(["python experiments/fate_benchmark.py"] + sys.argv[1:])}
   for seed in seeds:
     base = common + [f"--seed={seed}"]
     _run_child(base + ["--stage=prepare"])
     costs = {}
     for m in methods:
-      costs[m] = _run_child(base + [f"--stage={m}"])
+      try:
+        costs[m] = _run_child(base + [f"--stage={m}"])
+      except RuntimeError as e:
+        if m not in CELLRANK:
+          raise
+        # E.g. a pseudotime with NaN (GSE175634's dpt_pseudotime per lineage): say so.
+        notes.append(f"seed {seed}: {m} failed ({e}); see its log above")
+        continue
       extra = _paths(workdir, seed)["probs"] / f"{m}.json"
       if extra.exists():
         costs[m].update(json.loads(extra.read_text()))
@@ -409,7 +417,8 @@ def write_results(results: dict[str, Any], out_prefix: str) -> dict[str, pathlib
   lines = [f"# Fate probabilities of held-out pre-branch cells ({results['config']})", "",
            f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores "
            f"(shared), {results['machine']['date']}. CellRank "
-           f"{results['cellrank_version'] or 'not installed'}.", ""]
+           f"{results['cellrank_version'] or 'not installed'}.", "",
+           f"`{results.get('command', '')}`", ""]
   lines += [f"- {n}" for n in results["notes"]]
   if has_truth:
     lines += ["", f"Held-out = test-split cells; truth = sign of `fate_bias`. Seeds "
@@ -421,7 +430,7 @@ def write_results(results: dict[str, Any], out_prefix: str) -> dict[str, pathlib
               "|---|---|---|---|---|---|---|---|"]
     for m in methods:
       rows = [s["methods"].get(m) for s in seeds]
-      if not all(rows):
+      if not all(rows) or not all(m in s["costs"] for s in seeds):
         continue
       costs = [s["costs"][m] for s in seeds]
       lines.append(
@@ -455,7 +464,7 @@ def write_results(results: dict[str, Any], out_prefix: str) -> dict[str, pathlib
       if m == "cardiac_jax":
         continue
       ag = [s["methods"].get(m, {}).get("agreement_with_cardiac_jax") for s in seeds]
-      if not all(ag):
+      if not all(ag) or not all(m in s["costs"] for s in seeds):
         continue
       costs = [s["costs"][m] for s in seeds]
       lines.append(f"| {LABELS[m]} | {', '.join(_fmt(a['spearman']) for a in ag)} | "
