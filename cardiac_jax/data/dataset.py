@@ -424,7 +424,7 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
       preprocess.shared_gene_count(pp, spots.gene_names, int(data_cfg.spatial.min_shared_genes))
       spacing = splits.spot_spacing(spots.coords)
       tiles = splits.spatial_tiles(spots.coords, data_cfg.spatial.tile_size, spacing)
-      tiled = splits.split_spots(spots.labels, tiles, fractions, split_cfg.seed)
+      tiled = splits.split_spots(spots.labels, tiles, fractions, data_cfg.split.seed)
       spot_split = splits.buffer_spots(spots.coords, tiled, float(data_cfg.spatial.buffer_spacings),
                                        spacing)
       buffered = {name: int(np.sum((tiled == s) & (spot_split == splits.UNUSED)))
