@@ -30,6 +30,7 @@ their own split's cells only, and the preprocessing is fitted on training cells
 """
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any, Sequence
 
@@ -109,8 +110,9 @@ def path_visits(graph: sequences.WalkGraph, pre_ids: np.ndarray, term_ids: np.nd
   local_of = np.full(int(graph.rows.max()) + 1, -1, np.int64)
   local_of[graph.rows] = np.arange(graph.size)
   path = local_of[sequences.walk(graph, anchors, length, rng)]          # (W, L) local
-  which, _ = np.nonzero(np.isin(graph.labels[path], pre_ids))
-  items = path[np.isin(graph.labels[path], pre_ids)]
+  on_path = np.isin(graph.labels[path], pre_ids)
+  which, _ = np.nonzero(on_path)
+  items = path[on_path]
   pairs = np.unique(which * graph.size + items)                          # once per walk
   walk_of, item_of = np.divmod(pairs, graph.size)
   np.add.at(visits, (item_of, column[graph.labels[anchors[walk_of]]]), 1)
@@ -201,8 +203,7 @@ def build(data_cfg: Any, stage: Any, preprocessor_path: pathlib.Path | None,
         "cells_per_split": np.bincount(cell_split, minlength=3).tolist(),
         "counts": counts, "temporal_counts": counts,
         "preprocessor": preprocessor_path.name if preprocessor_path is not None else "",
-        "data_config": dataset_lib.json.loads(dataset_lib.json.dumps(
-            dataset_lib._as_dict(data_cfg), default=str)),  # pylint: disable=protected-access
+        "data_config": json.loads(json.dumps(data_cfg.to_dict(), default=str)),
     }
     ds = dataset_lib.SequenceDataset(
         x=x, y=y, mask=np.ones(src.shape, np.float32), split=split,
