@@ -482,7 +482,7 @@ def plot_fate(adata: Any, out_dir: str | os.PathLike, *, key_added: str = "cardi
   fated = keep[~np.isnan(p[keep])]
   rest = keep[np.isnan(p[keep])]
   fig, ax = _new_figure((6.5, 5.0))
-  ax.scatter(coords[rest, 0], coords[rest, 1], c="0.85", s=3, linewidths=0, rasterized=True,
+  ax.scatter(coords[rest, 0], coords[rest, 1], c="0.93", s=2, linewidths=0, rasterized=True,
              label="no fate (not pre-branch)")
   points = ax.scatter(coords[fated, 0], coords[fated, 1], c=p[fated], s=4, cmap="coolwarm",
                       vmin=0.0, vmax=1.0, linewidths=0, rasterized=True)
@@ -501,8 +501,8 @@ def plot_fate(adata: Any, out_dir: str | os.PathLike, *, key_added: str = "cardi
   for pop, color in zip(pops, category_colors(pops)):
     rows = table[table["population"] == pop]
     x = rows["day"].cat.codes.to_numpy()
-    ax.errorbar(x, rows["mean"], yerr=[rows["mean"] - rows["q25"], rows["q75"] - rows["mean"]],
-                marker="o", color=color, label=pop, capsize=2)
+    spread = np.clip([rows["mean"] - rows["q25"], rows["q75"] - rows["mean"]], 0.0, None)
+    ax.errorbar(x, rows["mean"], yerr=spread, marker="o", color=color, label=pop, capsize=2)
   ax.set_xticks(range(len(days)), days)
   ax.set(ylim=(0, 1), ylabel=f"mean P({name}) (bars: quartiles)", xlabel=time_key,
          title=f"P({name}) per day and population")
