@@ -65,6 +65,9 @@ _METHODS = flags.DEFINE_list(
 _WORKDIR = flags.DEFINE_string("workdir", "runs/fate_bench", "Root of the per-seed runs.")
 _OUT = flags.DEFINE_string("out", "", "Prefix of the .md/.json/.png results ('' = <workdir>/fate).")
 _N_WALKS = flags.DEFINE_integer("n_walks", 8, "cardiac_jax.predict walks per cell.")
+_REUSE = flags.DEFINE_string(
+    "reuse", "", "A previous results .json of the same --workdir: the stages it measured "
+    "whose P(CM) files are still there are kept with their costs, the rest are run.")
 _STAGE = flags.DEFINE_string("stage", "", "internal: run one method of one seed in this process.")
 _SEED = flags.DEFINE_integer("seed", 0, "internal: the seed of --stage.")
 
@@ -163,6 +166,35 @@ def _priming_score(adata: Any) -> np.ndarray | None:
   return expr[:, sign > 0].mean(axis=1) - expr[:, sign < 0].mean(axis=1)
 
 
+def _neighbors(adata: Any, n_neighbors: int, n_pcs: int) -> None:
+  """``sc.pp.neighbors`` as by default, with pynndescent's graph handed over as csr_matrix.
+
+  From 8,192 cells scanpy 1.11.5 uses pynndescent, whose csr_array lacks the
+  ``getnnz`` scanpy calls under scipy 1.16 (AttributeError); the same
+  transformer, with scanpy's default trees and iterations, returning csr_matrix.
+  """
+  import pynndescent  # pylint: disable=g-import-not-at-top
+  import scanpy as sc  # pylint: disable=g-import-not-at-top
+  import scipy.sparse as sp  # pylint: disable=g-import-not-at-top
+
+  class CsrTransformer(pynndescent.PyNNDescentTransformer):
+
+    def fit_transform(self, X, y=None, **kwargs):  # pylint: disable=invalid-name
+      return sp.csr_matrix(super().fit_transform(X, y, **kwargs))
+
+    def transform(self, X, y=None):  # pylint: disable=invalid-name
+      return sp.csr_matrix(super().transform(X, y))
+
+  n = adata.n_obs
+  if n < 8192:        # scanpy's exact (sklearn) path, which works as it is
+    sc.pp.neighbors(adata, n_neighbors=n_neighbors, n_pcs=n_pcs)
+    return
+  transformer = CsrTransformer(n_neighbors=n_neighbors, metric="euclidean",
+                               n_trees=min(64, 5 + round(n ** 0.5 / 20.0)),
+                               n_iters=max(5, round(np.log2(n))))
+  sc.pp.neighbors(adata, n_pcs=n_pcs, transformer=transformer)
+
+
 def _cellrank(adata: Any, kernel_name: str, population_key: str) -> np.ndarray:
   """P(CM) of every cell from CellRank 2 (the calls of the module docstring)."""
   import cellrank as cr  # pylint: disable=g-import-not-at-top
@@ -171,7 +203,7 @@ def _cellrank(adata: Any, kernel_name: str, population_key: str) -> np.ndarray:
   sc.pp.log1p(adata)
   sc.pp.highly_variable_genes(adata, n_top_genes=2000)
   sc.pp.pca(adata, n_comps=50, mask_var="highly_variable")
-  sc.pp.neighbors(adata, n_neighbors=30, n_pcs=50)
+  _neighbors(adata, n_neighbors=30, n_pcs=50)
   if kernel_name == "cellrank_pt":
     kernel = cr.kernels.PseudotimeKernel(adata, time_key="dpt_pseudotime")
   else:
@@ -331,10 +363,22 @@ def _cellrank_available() -> str:
     return ""
 
 
+def _previous_costs(path: str) -> dict[int, dict[str, Any]]:
+  if not path:
+    return {}
+  previous = json.loads(pathlib.Path(path).read_text())
+  return {int(s["seed"]): s.get("costs", {}) for s in previous["seeds"]}
+
+
 def run_benchmark(config: ml_collections.ConfigDict, seeds: Sequence[int],
                   methods: Sequence[str], workdir: str, out_prefix: str,
-                  n_walks: int = 8, overrides: Sequence[str] = ()) -> dict[str, Any]:
-  """Every seed's stages in child processes, then the scores, the table and the figure."""
+                  n_walks: int = 8, overrides: Sequence[str] = (),
+                  reuse: str = "") -> dict[str, Any]:
+  """Every seed's stages in child processes, then the scores, the table and the figure.
+
+  ``reuse``: a previous results JSON; its measured stages are kept (see --reuse).
+  """
+  previous = _previous_costs(reuse)
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
     raise app.UsageError(f"unknown methods {unknown}; choose from {METHODS}")
@@ -349,9 +393,16 @@ def run_benchmark(config: ml_collections.ConfigDict, seeds: Sequence[int],
              "command": " ".join(["python experiments/fate_benchmark.py"] + sys.argv[1:])}
   for seed in seeds:
     base = common + [f"--seed={seed}"]
-    _run_child(base + ["--stage=prepare"])
+    kept = {m: c for m, c in previous.get(seed, {}).items()
+            if (_paths(workdir, seed)["probs"] / f"{m}.npy").exists()}
+    if not (kept and _paths(workdir, seed)["split"].exists()):
+      _run_child(base + ["--stage=prepare"])
     costs = {}
     for m in methods:
+      if m in kept:
+        costs[m] = kept[m]
+        logging.info("seed %d %s: kept from %s", seed, m, reuse)
+        continue
       try:
         costs[m] = _run_child(base + [f"--stage={m}"])
       except RuntimeError as e:
@@ -528,7 +579,8 @@ def main(argv: list[str]) -> None:
   # Children get the same config file and overrides.
   overrides = [a for a in sys.argv[1:] if a.startswith("--config")]
   results = run_benchmark(config, [int(s) for s in _SEEDS.value], list(_METHODS.value),
-                          _WORKDIR.value, _OUT.value, _N_WALKS.value, overrides)
+                          _WORKDIR.value, _OUT.value, _N_WALKS.value, overrides,
+                          reuse=_REUSE.value)
   out = _OUT.value or str(pathlib.Path(_WORKDIR.value) / "fate")
   print(pathlib.Path(out).with_suffix(".md").read_text())
   del results
