@@ -191,12 +191,12 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
     logging.warning("obs_names repeat; making them unique (AnnData.obs_names_make_unique)")
     adata.obs_names_make_unique()
 
-  pcs = embed(matrix, gene_names, model.preprocessor)
   n, length, k = adata.n_obs, model.length, model.k_neighbors
   fate_cfg = model.info.get("fate")
   anchors = np.arange(n, dtype=np.int64)
-  if fate_cfg:
+  if fate_cfg:   # before the embedding: a missing population column fails fast
     anchors = np.flatnonzero(_pre_branch(adata, fate_cfg, population_key))
+  pcs = embed(matrix, gene_names, model.preprocessor)
   probs = walk_probabilities(model, pcs, time_index, anchors, n_walks=n_walks, seed=seed,
                              progress=progress)
   fraction = float(model.info["walks"].get("observed_fraction", 1.0))
