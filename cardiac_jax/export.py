@@ -162,6 +162,8 @@ def export_model(run: Any, state: Any, workdir: str | os.PathLike, *,
       "branch_gate": None if gate is None else np.asarray(gate, np.float64).tolist(),
       "num_members": members_lib.num_members(config),
       "n_genes": int(len(preprocessor.gene_names)),
+      # A fate model (configs/fate.py): which populations get a fate, and from what.
+      **({"fate": meta["fate"]} if meta.get("fate") else {}),
       "provenance": {"data_cache_key": str(meta.get("cache_key", "")),
                      "data": _data_stamp(config.data),
                      "workdir": os.path.abspath(workdir),

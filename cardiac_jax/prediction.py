@@ -123,8 +123,16 @@ def embed(counts: Any, gene_names: np.ndarray, pp: Any,
 def predict(adata: Any, model: Any, *, time_key: str = "diffday",
             counts_layer: str | None = None, n_walks: int = 8,
             key_added: str = "cardiac_jax", copy: bool = False, seed: int = 0,
-            min_gene_fraction: float = MIN_GENE_FRACTION, progress: bool | None = None) -> Any:
+            min_gene_fraction: float = MIN_GENE_FRACTION, progress: bool | None = None,
+            population_key: str = "") -> Any:
   """Predicts the population each cell's lineage path ends in, into the AnnData.
+
+  With a fate model (``configs/fate.py``: ``model.info["fate"]``) it predicts
+  instead where each PRE-BRANCH cell is going (``_write_fate``): only cells
+  whose ``obs[population_key]`` is a pre-branch population get walks, and
+  ``obsm[f"{key_added}_fate"]`` (cells x terminal populations, NaN rows for the
+  others, names in ``uns[key_added]["fate_names"]``) and
+  ``obs[f"{key_added}_p_CM"]`` are written.
 
   Args:
     adata: cells x genes with raw counts in X (or ``layers[counts_layer]``) and a
@@ -139,6 +147,8 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
     min_gene_fraction: the fraction of the model's genes the data must carry.
     progress: a tqdm progress bar over the prediction blocks; None (default) = in
       a terminal or a notebook only (``cardiac_jax.progress.enabled``).
+    population_key: fate models only: the obs column of the populations ("" = the
+      training data's, usually "type").
 
   Returns:
     The annotated AnnData (``adata`` itself unless ``copy``), with
@@ -153,7 +163,6 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
   """
   import pandas as pd  # pylint: disable=g-import-not-at-top
   from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
-  from cardiac_jax.data import sequences  # pylint: disable=g-import-not-at-top
 
   if not isinstance(model, export_lib.Model):
     model = export_lib.load_model(model)
@@ -182,67 +191,140 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
     logging.warning("obs_names repeat; making them unique (AnnData.obs_names_make_unique)")
     adata.obs_names_make_unique()
 
-  pcs = embed(matrix, gene_names, model.preprocessor)
   n, length, k = adata.n_obs, model.length, model.k_neighbors
-  graph = sequences.temporal_graph(pcs, time_index, np.zeros(n, np.int32),
-                                   np.arange(n), k)
-  time_value = sequences.time_feature(time_index, len(model.time_labels))
+  fate_cfg = model.info.get("fate")
+  anchors = np.arange(n, dtype=np.int64)
+  if fate_cfg:   # before the embedding: a missing population column fails fast
+    anchors = np.flatnonzero(_pre_branch(adata, fate_cfg, population_key))
+  pcs = embed(matrix, gene_names, model.preprocessor)
+  probs = walk_probabilities(model, pcs, time_index, anchors, n_walks=n_walks, seed=seed,
+                             progress=progress)
   fraction = float(model.info["walks"].get("observed_fraction", 1.0))
-  probs = np.empty((n, len(model.class_names)), np.float32)
-  bar = progress_lib.bar(n, desc="predict", unit="cells", progress=progress)
-  try:
-    for b, start in enumerate(range(0, n, BLOCK_CELLS)):
-      anchors = np.arange(start, min(start + BLOCK_CELLS, n), dtype=np.int64)
-      total = np.zeros((anchors.size, len(model.class_names)), np.float32)
-      for w in range(n_walks):    # one walk per anchor at a time: x is BLOCK_CELLS x L x F
-        src = sequences.walk(graph, anchors, length, np.random.default_rng([seed, b, w]))
-        x = sequences.assemble_features(pcs, src, time_value, 0)
-        mask = np.ones(src.shape, np.float32)
-        if fraction < 1.0:
-          x, mask = sequences.apply_horizon(x, mask, fraction)
-        total += model.predict_sequences(x, mask)
-      probs[anchors] = total / n_walks
-      bar.update(anchors.size)
-  finally:
-    bar.close()
+  params = {"time_key": time_key, "counts_layer": layer, "n_walks": int(n_walks),
+            "seed": int(seed), "walk_length": int(length), "k_neighbors": int(k),
+            "observed_fraction": fraction, "min_gene_fraction": float(min_gene_fraction)}
+  days = [model.time_labels[i] for i in np.unique(time_index)]
+  common = {"model_path": str(model.path), "model_hash": model.hash,
+            "model_time_labels": list(model.time_labels), "time_labels_present": days,
+            "single_day": len(days) == 1,
+            "n_genes_model": int(len(model.preprocessor.gene_names)),
+            "n_genes_used": len(used), "genes_missing": missing}
+  adata.obsm[f"X_pca_{key_added}"] = pcs
+  # A UMAP of an earlier embedding would be reused by viz.embedding_2d_for: drop it.
+  adata.obsm.pop(f"X_umap_{key_added}", None)
+  if len(days) == 1:
+    logging.warning("the data holds a single time point (%s): walks stay within it, so the "
+                    "predictions use no lineage path", days[0])
+  if fate_cfg:
+    return _write_fate(adata, model, anchors, probs, key_added, common,
+                       dict(params, population_key=population_key or fate_cfg["population_key"]))
 
   names = list(model.class_names)
   best = probs.argmax(axis=1)
   adata.obs[f"{key_added}_label"] = pd.Categorical.from_codes(best, categories=names)
   adata.obs[f"{key_added}_confidence"] = probs.max(axis=1)
   adata.obsm[f"{key_added}_probs"] = probs
-  adata.obsm[f"X_pca_{key_added}"] = pcs
-  # A UMAP of an earlier embedding would be reused by viz.embedding_2d_for: drop it.
-  adata.obsm.pop(f"X_umap_{key_added}", None)
-  days = [model.time_labels[i] for i in np.unique(time_index)]
   adata.uns[key_added] = {
-      "model_path": str(model.path),
-      "model_hash": model.hash,
+      **common,
       "class_names": names,
-      "model_time_labels": list(model.time_labels),
-      "time_labels_present": days,
-      "single_day": len(days) == 1,
-      "n_genes_model": int(len(model.preprocessor.gene_names)),
-      "n_genes_used": len(used),
-      "genes_missing": missing,
-      "params": {"time_key": time_key, "counts_layer": layer, "n_walks": int(n_walks),
-                 "seed": int(seed), "walk_length": int(length), "k_neighbors": int(k),
-                 "observed_fraction": fraction, "min_gene_fraction": float(min_gene_fraction)},
+      "params": params,
       "keys": {"label": f"{key_added}_label", "confidence": f"{key_added}_confidence",
                "probs": f"{key_added}_probs", "embedding": f"X_pca_{key_added}"},
   }
-  if len(days) == 1:
-    logging.warning("the data holds a single time point (%s): walks stay within it, so the "
-                    "predictions use no lineage path", days[0])
   counts = np.bincount(best, minlength=len(names))
   logging.info("predicted %d cells: %s", n, {c: int(k) for c, k in zip(names, counts)})
   return adata
 
 
+def walk_probabilities(model: Any, pcs: np.ndarray, time_index: np.ndarray,
+                       anchors: np.ndarray, *, n_walks: int = 8, seed: int = 0,
+                       progress: bool | None = None) -> np.ndarray:
+  """Mean class probabilities of ``n_walks`` walks ending at each anchor, (len(anchors), C).
+
+  The walks run among ALL the given cells (one ``temporal_graph``, as one split
+  in training), in blocks of ``BLOCK_CELLS`` anchors seeded per (seed, block, walk).
+  """
+  from cardiac_jax.data import sequences  # pylint: disable=g-import-not-at-top
+  n = pcs.shape[0]
+  graph = sequences.temporal_graph(pcs, time_index, np.zeros(n, np.int32), np.arange(n),
+                                   model.k_neighbors)
+  time_value = sequences.time_feature(time_index, len(model.time_labels))
+  fraction = float(model.info["walks"].get("observed_fraction", 1.0))
+  anchors = np.asarray(anchors, np.int64)
+  probs = np.empty((anchors.size, len(model.class_names)), np.float32)
+  bar = progress_lib.bar(anchors.size, desc="predict", unit="cells", progress=progress)
+  try:
+    for b, start in enumerate(range(0, anchors.size, BLOCK_CELLS)):
+      block = anchors[start:start + BLOCK_CELLS]
+      total = np.zeros((block.size, len(model.class_names)), np.float32)
+      for w in range(n_walks):    # one walk per anchor at a time: x is BLOCK_CELLS x L x F
+        src = sequences.walk(graph, block, model.length, np.random.default_rng([seed, b, w]))
+        x = sequences.assemble_features(pcs, src, time_value, 0)
+        mask = np.ones(src.shape, np.float32)
+        if fraction < 1.0:
+          x, mask = sequences.apply_horizon(x, mask, fraction)
+        total += model.predict_sequences(x, mask)
+      probs[start:start + block.size] = total / n_walks
+      bar.update(block.size)
+  finally:
+    bar.close()
+  return probs
+
+
+def _pre_branch(adata: Any, fate_cfg: dict, population_key: str) -> np.ndarray:
+  """Bool mask of the cells a fate model predicts: their population is pre-branch."""
+  key = population_key or fate_cfg["population_key"]
+  if key not in adata.obs.columns:
+    raise DataError(f"a fate model predicts only pre-branch cells ({fate_cfg['pre_branch']}), "
+                    f"found by obs[{key!r}], which is missing (obs keys: "
+                    f"{list(adata.obs.columns)}); pass population_key= (--population_key) "
+                    "naming the column of populations")
+  mask = np.isin(adata.obs[key].astype(str).to_numpy(), fate_cfg["pre_branch"])
+  if not mask.any():
+    raise DataError(f"no cell of obs[{key!r}] is pre-branch ({fate_cfg['pre_branch']}); "
+                    f"present: {sorted(set(adata.obs[key].astype(str)))[:10]}")
+  return mask
+
+
+def _write_fate(adata: Any, model: Any, anchors: np.ndarray, probs: np.ndarray,
+                key_added: str, common: dict, params: dict) -> Any:
+  """Fate probabilities of the pre-branch cells into obsm / obs / uns (NaN elsewhere)."""
+  names = list(model.class_names)
+  fate = np.full((adata.n_obs, len(names)), np.nan, np.float32)
+  fate[anchors] = probs
+  adata.obsm[f"{key_added}_fate"] = fate
+  p_key = f"{key_added}_p_{names[0]}"
+  adata.obs[p_key] = fate[:, 0]
+  adata.uns[key_added] = {
+      **common, "task": "fate", "fate_names": names,
+      "pre_branch": list(model.info["fate"]["pre_branch"]), "n_pre_branch": int(anchors.size),
+      "params": params,
+      "keys": {"fate": f"{key_added}_fate", f"p_{names[0]}": p_key,
+               "embedding": f"X_pca_{key_added}"},
+  }
+  logging.info("fate of %d pre-branch cells: mean P(%s) %.3f", anchors.size, names[0],
+               float(np.mean(probs[:, 0])) if anchors.size else float("nan"))
+  return adata
+
+
 def predictions_table(adata: Any, key_added: str = "cardiac_jax") -> Any:
-  """A DataFrame: cell, label, confidence, then one probability column per class."""
+  """A DataFrame: cell, label, confidence, then one probability column per class.
+
+  For fate predictions: cell, population, then P per terminal population, for the
+  pre-branch cells only.
+  """
   import pandas as pd  # pylint: disable=g-import-not-at-top
   info = adata.uns[key_added]
+  if info.get("task") == "fate":
+    fate = np.asarray(adata.obsm[info["keys"]["fate"]])
+    rows = np.flatnonzero(~np.isnan(fate[:, 0]))
+    pop_key = info["params"]["population_key"]
+    table = pd.DataFrame({
+        "cell": np.asarray(adata.obs_names).astype(str)[rows],
+        "population": np.asarray(adata.obs[pop_key]).astype(str)[rows]})
+    for c, name in enumerate(info["fate_names"]):
+      table[f"p_{name}"] = fate[rows, c]
+    return table
   table = pd.DataFrame({"cell": np.asarray(adata.obs_names).astype(str),
                         "label": np.asarray(adata.obs[f"{key_added}_label"]).astype(str),
                         "confidence": np.asarray(adata.obs[f"{key_added}_confidence"])})
@@ -272,7 +354,11 @@ def predict_file(model_path: str | os.PathLike, input_path: str | os.PathLike,
   adata = predict(adata, model, **kwargs)
   written = write_predictions(adata, output_path, csv_path,
                               key_added=kwargs.get("key_added", "cardiac_jax"))
-  if plots_dir:
+  if plots_dir and adata.uns[kwargs.get("key_added", "cardiac_jax")].get("task") == "fate":
+    from cardiac_jax import viz  # pylint: disable=g-import-not-at-top
+    written.update(viz.plot_fate(adata, plots_dir, key_added=kwargs.get("key_added", "cardiac_jax"),
+                                 time_key=kwargs.get("time_key", "diffday")))
+  elif plots_dir:
     from cardiac_jax import viz  # pylint: disable=g-import-not-at-top
     written.update(viz.plot_predictions(
         adata, plots_dir, key_added=kwargs.get("key_added", "cardiac_jax"),
@@ -307,6 +393,8 @@ def define_flags() -> None:
   flags.DEFINE_string("counts_layer", "", "layer holding raw counts ('' = X)")
   flags.DEFINE_integer("n_walks", 8, "walks ending at each cell (probabilities averaged)")
   flags.DEFINE_integer("seed", 0, "seed of the walks")
+  flags.DEFINE_string("population_key", "", "fate models: obs column of the populations "
+                      "('' = the training data's)")
   flags.mark_flags_as_required(["model", "input", "output"])
 
 
@@ -319,6 +407,6 @@ def main(argv: list[str]) -> None:
   written = predict_file(f.model, f.input, f.output, csv_path=f.csv or None,
                          plots_dir=f.plots_dir or None, true_key=f.true_key,
                          time_key=f.time_key, counts_layer=f.counts_layer or None,
-                         n_walks=f.n_walks, seed=f.seed)
+                         n_walks=f.n_walks, seed=f.seed, population_key=f.population_key)
   for what, path in written.items():
     print(f"wrote {what}: {path}")

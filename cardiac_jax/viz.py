@@ -433,3 +433,79 @@ def plot_predictions(adata: Any, out_dir: str | os.PathLike, *, key_added: str =
                          time_order=None if order is None else list(order),
                          title="Predicted composition per day")
   return paths
+
+
+def fate_summary(adata: Any, *, key_added: str = "cardiac_jax", time_key: str = "diffday",
+                 population_key: str = "") -> Any:
+  """Mean P(first terminal population) and cell count per (day, population) of the fated cells.
+
+  A DataFrame with columns day, population, n, mean, q25, q75 (days in the
+  model's order): whether progenitors commit as the days pass.
+  """
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  info = adata.uns[key_added]
+  if info.get("task") != "fate":
+    raise DataError(f"uns[{key_added!r}] holds no fate predictions; predict with a fate model "
+                    "(configs/fate.py) first")
+  pop_key = population_key or info["params"]["population_key"]
+  p = np.asarray(adata.obsm[info["keys"]["fate"]])[:, 0]
+  keep = ~np.isnan(p)
+  frame = pd.DataFrame({"day": adata.obs[time_key].astype(str).to_numpy()[keep],
+                        "population": adata.obs[pop_key].astype(str).to_numpy()[keep],
+                        "p": p[keep]})
+  order = [t for t in info.get("model_time_labels", []) if t in set(frame["day"])]
+  order = order or ingest.order_time_labels(frame["day"].to_numpy())
+  out = frame.groupby(["day", "population"]).p.agg(
+      n="size", mean="mean", q25=lambda s: s.quantile(0.25),
+      q75=lambda s: s.quantile(0.75)).reset_index()
+  out["day"] = pd.Categorical(out["day"], categories=list(order), ordered=True)
+  pops = [p_ for p_ in info["pre_branch"] if p_ in set(out["population"])]
+  out["population"] = pd.Categorical(out["population"], categories=pops, ordered=True)
+  return out.sort_values(["day", "population"]).reset_index(drop=True)
+
+
+def plot_fate(adata: Any, out_dir: str | os.PathLike, *, key_added: str = "cardiac_jax",
+              time_key: str = "diffday", method: str = "auto",
+              max_points: int | None = MAX_POINTS) -> dict[str, Any]:
+  """The fate PNGs into ``out_dir``: the embedding by P(CM) and P(CM) per day and population.
+
+  Cells without a fate (not pre-branch) are drawn in light grey beneath.
+  Returns {name: path}.
+  """
+  import pathlib  # pylint: disable=g-import-not-at-top
+  out = pathlib.Path(out_dir)
+  info = adata.uns[key_added]
+  name = info["fate_names"][0]
+  p = np.asarray(adata.obsm[info["keys"]["fate"]])[:, 0]
+  coords, method_name = embedding_2d_for(adata, f"X_pca_{key_added}", method=method)
+  keep = _subsample(coords.shape[0], max_points)
+  fated = keep[~np.isnan(p[keep])]
+  rest = keep[np.isnan(p[keep])]
+  fig, ax = _new_figure((6.5, 5.0))
+  ax.scatter(coords[rest, 0], coords[rest, 1], c="0.93", s=2, linewidths=0, rasterized=True,
+             label="no fate (not pre-branch)")
+  points = ax.scatter(coords[fated, 0], coords[fated, 1], c=p[fated], s=4, cmap="coolwarm",
+                      vmin=0.0, vmax=1.0, linewidths=0, rasterized=True)
+  fig.colorbar(points, ax=ax, label=f"P({name})")
+  ax.legend(loc="best", fontsize=7, markerscale=3)
+  ax.set(title=f"Fate: P({name}) of pre-branch cells", xlabel=f"{method_name} 1",
+         ylabel=f"{method_name} 2")
+  paths = {"embedding_fate": out / f"embedding_p_{name}.png",
+           "fate_by_day": out / f"p_{name}_by_day_population.png"}
+  _finish(fig, paths["embedding_fate"])
+
+  table = fate_summary(adata, key_added=key_added, time_key=time_key)
+  days = list(table["day"].cat.categories)
+  fig, ax = _new_figure((6.5, 4.0))
+  pops = list(table["population"].cat.categories)
+  for pop, color in zip(pops, category_colors(pops)):
+    rows = table[table["population"] == pop]
+    x = rows["day"].cat.codes.to_numpy()
+    spread = np.clip([rows["mean"] - rows["q25"], rows["q75"] - rows["mean"]], 0.0, None)
+    ax.errorbar(x, rows["mean"], yerr=spread, marker="o", color=color, label=pop, capsize=2)
+  ax.set_xticks(range(len(days)), days)
+  ax.set(ylim=(0, 1), ylabel=f"mean P({name}) (bars: quartiles)", xlabel=time_key,
+         title=f"P({name}) per day and population")
+  ax.legend(fontsize=8)
+  _finish(fig, paths["fate_by_day"])
+  return paths

@@ -162,6 +162,9 @@ def cache_key(data_cfg: Any) -> str:
   if spatial.get("enabled") and spatial.get("source") == "h5ad":
     spatial["path"] = _file_stamp(spatial.get("path", ""))
   d["_code_version"] = CODE_VERSION
+  if d.get("fate") is not None:
+    from cardiac_jax import fate  # pylint: disable=g-import-not-at-top
+    d["_fate_code_version"] = fate.CODE_VERSION
   canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)
   return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -352,14 +355,22 @@ def _counts_table(y: np.ndarray, split: np.ndarray, class_names) -> dict:
           for s, name in enumerate(splits.SPLITS)}
 
 
-def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None,
-           key: str) -> SequenceDataset:
+def embedded_cells(data_cfg: Any, stage: _Stages | None = None) -> tuple[Any, np.ndarray,
+                                                                         Any, np.ndarray]:
+  """Loads, prepares and splits the cells, then embeds them with a TRAIN-fitted preprocessor.
+
+  The one prologue of every sequence builder (``_build``, ``cardiac_jax.fate``),
+  so they all split before any walk and fit the preprocessing on training cells.
+
+  Returns:
+    (cells, cell_split (n,) int8, the fitted Preprocessor, pcs (n, n_pcs) float32).
+  """
   from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
   from cardiac_jax.data import preprocess  # pylint: disable=g-import-not-at-top
 
-  seq_cfg, split_cfg = data_cfg.sequences, data_cfg.split
+  stage = stage or _Stages(None)
+  split_cfg = data_cfg.split
   fractions = tuple(split_cfg.fractions)
-  length, k = int(seq_cfg.length), int(seq_cfg.k_neighbors)
   with stage("simulate" if data_cfg.source == "simulator" else "load"):
     # X stays on disk: prepare reads it once, in chunks, into its float32 copy, so the
     # file's integer matrix is never held as well (half the peak at full size).
@@ -390,6 +401,19 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
                                      data_cfg.preprocess)
   with stage("transform"):
     pcs = np.asarray(pp.transform(cells.counts, cells.gene_names), dtype=np.float32)
+  return cells, cell_split, pp, pcs
+
+
+def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None,
+           key: str) -> SequenceDataset:
+  from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+
+  seq_cfg = data_cfg.sequences
+  fractions = tuple(data_cfg.split.fractions)
+  length, k = int(seq_cfg.length), int(seq_cfg.k_neighbors)
+  cells, cell_split, pp, pcs = embedded_cells(data_cfg, stage)
+  class_names = tuple(cells.class_names)
   n_cells = cells.n_cells
   # The transform was the counts' last use: free them (most of the full-size peak)
   # before the walks and the spatial section.
@@ -418,7 +442,7 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
       preprocess.shared_gene_count(pp, spots.gene_names, int(data_cfg.spatial.min_shared_genes))
       spacing = splits.spot_spacing(spots.coords)
       tiles = splits.spatial_tiles(spots.coords, data_cfg.spatial.tile_size, spacing)
-      tiled = splits.split_spots(spots.labels, tiles, fractions, split_cfg.seed)
+      tiled = splits.split_spots(spots.labels, tiles, fractions, data_cfg.split.seed)
       spot_split = splits.buffer_spots(spots.coords, tiled, float(data_cfg.spatial.buffer_spacings),
                                        spacing)
       buffered = {name: int(np.sum((tiled == s) & (spot_split == splits.UNUSED)))
@@ -485,6 +509,14 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
   return ds
 
 
+def _builder(data_cfg: Any) -> Callable[..., SequenceDataset]:
+  """``_build``, or the fate builder when the config has a ``data.fate`` section."""
+  if data_cfg.get("fate") is None:
+    return _build
+  from cardiac_jax import fate  # pylint: disable=g-import-not-at-top
+  return fate.build
+
+
 def post_process(ds: SequenceDataset, data_cfg: Any) -> SequenceDataset:
   """Applies the horizon and the time-shuffle ablation (both after the cache).
 
@@ -541,7 +573,7 @@ def build_dataset(data_cfg: Any, *, cache: bool = True, timings: dict | None = N
                          unit="stage", progress=progress)
   stage = _Stages(timings, bar)
   try:
-    ds = _build(data_cfg, stage, pp_path if cache else None, key)
+    ds = _builder(data_cfg)(data_cfg, stage, pp_path if cache else None, key)
     if cache:
       with stage("save"):
         ds.save(ds_path)

@@ -1,0 +1,45 @@
+"""fate: P(CM) / P(CF) for every pre-branch cell, from walks labelled by their terminal cell.
+
+  python -m cardiac_jax.main --config=configs/fate.py                 # train + export
+  python -m cardiac_jax.main --config=configs/fate.py:quick           # debug-sized, seconds
+  python -m cardiac_jax.predict --model=runs/fate/model --input=cells.h5ad \\
+      --output=cells_fate.h5ad --plots_dir=plots                      # fate per cell
+
+The classes are the terminal populations (``data.fate.terminal``); sequences
+end at pre-branch cells (``data.fate.pre_branch``) and are walks paced by that
+cell's own day, as at prediction (see cardiac_jax/fate.py). Walks are shorter
+than the six-class runs' (32 steps): the days before a progenitor are few.
+"""
+import ml_collections
+
+from cardiac_jax import config_lib
+from cardiac_jax import fate
+
+
+def get_config(arg=None):
+  config = config_lib.base_config()
+  config.name = "fate"
+  config.data.spatial.enabled = False
+  config.data.sequences.length = 32
+  config.data.sequences.k_neighbors = 30       # as CellRank's kNN graph (scanpy, k=30)
+  config.data.fate = ml_collections.ConfigDict()
+  config.data.fate.pre_branch = fate.PRE_BRANCH
+  config.data.fate.terminal = fate.TERMINAL
+  config.data.fate.walks_per_anchor = 4       # backward walks from every CM / CF cell
+  # Sequences (all splits) per pre-branch population, IPSC, MES, CMES, PROG: mostly
+  # progenitors, the cells whose fate shows (priming genes); the earlier ones get
+  # few, enough to learn that their fate is near the prior.
+  config.data.fate.per_population = (300, 300, 1_500, 9_000)
+  config.data.fate_classes = fate.TERMINAL
+  config.model.width = 64
+  config.model.depth = 2
+  config.train.batch_size = 32
+  config.train.num_epochs = 20
+  config.train.first_cycle_epochs = 10.0
+  config.train.ramp_epochs = 10.0
+  config.train.early_stopping_patience = 6
+  config = config_lib.variant(config, arg)
+  if arg == "quick":   # quick divides per_population; the fate section too
+    config.data.fate.per_population = tuple(
+        max(20, n // config_lib.QUICK_DIVISOR) for n in config.data.fate.per_population)
+  return config

@@ -1,0 +1,185 @@
+"""Fate probabilities per pre-branch cell (cardiac_jax/fate.py, configs/fate.py, predict).
+
+The quick variant of configs/fate.py trains in seconds; its model is poor (two
+epochs on a few hundred sequences), so these tests check the invariants of the
+fate output, not its quality (experiments/fate_benchmark.py measures that).
+"""
+import json
+import pathlib
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from cardiac_jax import config_lib
+from cardiac_jax import export
+from cardiac_jax import fate
+from cardiac_jax import prediction
+from cardiac_jax import train
+from cardiac_jax import viz
+from cardiac_jax.data import dataset
+from cardiac_jax.data import simulator
+from cardiac_jax.data.errors import DataError
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _config():
+  config = config_lib.preset("fate", "quick")
+  config.train.num_epochs = 2
+  return config
+
+
+@pytest.fixture(scope="module", name="built")
+def _built():
+  config = _config()
+  return config, dataset.build_dataset(config.data, cache=False, progress=False)
+
+
+@pytest.fixture(scope="module", name="run")
+def _run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("fate_run")
+  train.train_and_evaluate(_config(), str(workdir))
+  new = simulator.simulate_cells(2_000, 400, 19, seed=1)
+  return {"workdir": workdir, "model": export.load_model(workdir / "model"), "adata": new}
+
+
+def test_sequences_end_at_pre_branch_cells_of_their_own_split(built):
+  """No test (or val) cell in training sequences; every sequence ends at a pre-branch cell."""
+  config, ds = built
+  assert ds.class_names == ("CM", "CF")
+  names, cell_split = fate.cell_split_of(config.data)
+  assert len(names) == ds.meta["n_cells"]
+  for s in range(3):
+    rows = ds.source_index[ds.split == s]
+    assert rows.size and np.all(cell_split[rows] == s)
+  populations = np.asarray(ds.meta["populations"])
+  from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
+  cells = ingest.prepare_cells(dataset.load_cells(config.data), config.data)
+  last = ds.source_index[:, -1]
+  assert set(populations[cells.labels[last]]) <= set(fate.PRE_BRANCH)
+  # Paced by the end cell's own day, as a query walk: no step after it in time.
+  days = cells.time_index[ds.source_index]
+  assert np.all(days <= days[:, -1:]) and np.all(np.diff(days, axis=1) >= 0)
+  # Labels of every split come from walks within that split; both fates occur.
+  for s in range(3):
+    assert set(np.unique(ds.y[ds.split == s])) == {0, 1}
+
+
+def test_same_seed_same_dataset_other_seed_other(built):
+  config, ds = built
+  again = dataset.build_dataset(config.data, cache=False, progress=False)
+  np.testing.assert_array_equal(again.source_index, ds.source_index)
+  np.testing.assert_array_equal(again.y, ds.y)
+  other = config.copy_and_resolve_references()
+  other.data.sequences.seed = 1
+  assert not np.array_equal(
+      dataset.build_dataset(other.data, cache=False, progress=False).source_index,
+      ds.source_index)
+  assert dataset.cache_key(other.data) != dataset.cache_key(config.data)
+
+
+def test_path_visits_count_each_walk_once_per_cell():
+  """A chain graph: every walk from the terminal item passes all earlier items."""
+  from cardiac_jax.data import sequences  # pylint: disable=g-import-not-at-top
+  pcs = np.arange(4, dtype=np.float32)[:, None]
+  graph = sequences.temporal_graph(pcs, np.arange(4), np.array([0, 1, 2, 3]),
+                                   np.arange(4), k=1)
+  visits = fate.path_visits(graph, np.array([0, 1, 2]), np.array([3]), 5, 8,
+                            np.random.default_rng(0))
+  np.testing.assert_array_equal(visits[:, 0], [5, 5, 5, 0])
+
+
+def test_per_population_counts_and_bad_config():
+  config = _config()
+  assert fate.per_population(config.data) == list(config.data.fate.per_population)
+  for n, want in ((7, [7] * len(fate.PRE_BRANCH)), ((1, 2), None)):
+    data = ml_collections.ConfigDict({"fate": {"pre_branch": fate.PRE_BRANCH,
+                                               "per_population": n}})
+    if want is None:
+      with pytest.raises(DataError, match="per_population"):
+        fate.per_population(data)
+    else:
+      assert fate.per_population(data) == want
+  config = _config()
+  config.data.fate.pre_branch = ("PROG", "NOPE")
+  with pytest.raises(DataError, match="NOPE"):
+    dataset.build_dataset(config.data, cache=False, progress=False)
+
+
+def test_export_records_the_fate(run):
+  info = json.loads((run["workdir"] / "model" / "model.json").read_text())
+  assert info["class_names"] == ["CM", "CF"]
+  assert info["fate"]["pre_branch"] == list(fate.PRE_BRANCH)
+  assert info["fate"]["population_key"] == "type"
+
+
+def test_predict_fate_invariants(run, tmp_path):
+  """Probabilities sum to one, only pre-branch cells get values, same seed same output."""
+  adata = prediction.predict(run["adata"], run["model"], n_walks=2, copy=True, seed=3,
+                             progress=False)
+  probs = np.asarray(adata.obsm["cardiac_jax_fate"])
+  pre = np.isin(adata.obs["type"].astype(str), fate.PRE_BRANCH)
+  assert probs.shape == (adata.n_obs, 2)
+  assert not np.isnan(probs[pre]).any() and np.isnan(probs[~pre]).all()
+  np.testing.assert_allclose(probs[pre].sum(axis=1), 1.0, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(adata.obs["cardiac_jax_p_CM"]), probs[:, 0])
+  assert adata.uns["cardiac_jax"]["fate_names"] == ["CM", "CF"]
+  assert adata.uns["cardiac_jax"]["n_pre_branch"] == int(pre.sum())
+  assert "cardiac_jax_label" not in adata.obs   # a fate model gives no six-class label
+  again = prediction.predict(run["adata"], run["model"], n_walks=2, copy=True, seed=3,
+                             progress=False)
+  np.testing.assert_array_equal(np.asarray(again.obsm["cardiac_jax_fate"]), probs)
+  other = prediction.predict(run["adata"], run["model"], n_walks=2, copy=True, seed=4,
+                             progress=False)
+  assert not np.array_equal(np.asarray(other.obsm["cardiac_jax_fate"])[pre], probs[pre])
+
+  table = prediction.predictions_table(adata)
+  assert list(table.columns) == ["cell", "population", "p_CM", "p_CF"]
+  assert len(table) == int(pre.sum())
+  written = prediction.write_predictions(adata, tmp_path / "out.h5ad", tmp_path / "p.csv")
+  assert all(p.exists() for p in written.values())
+  plots = viz.plot_fate(adata, tmp_path / "plots", method="pca")
+  assert all(p.exists() and p.stat().st_size > 0 for p in plots.values())
+  summary = viz.fate_summary(adata)
+  assert set(summary["population"]) <= set(fate.PRE_BRANCH)
+  assert int(summary["n"].sum()) == int(pre.sum())
+
+
+def test_predict_fate_needs_the_population_column(run):
+  adata = run["adata"].copy()
+  del adata.obs["type"]
+  with pytest.raises(DataError, match="population_key"):
+    prediction.predict(adata, run["model"], n_walks=1, progress=False)
+  adata.obs["celltype"] = run["adata"].obs["type"].to_numpy()
+  out = prediction.predict(adata, run["model"], n_walks=1, progress=False,
+                           population_key="celltype")
+  assert out.uns["cardiac_jax"]["params"]["population_key"] == "celltype"
+
+
+@pytest.mark.slow
+def test_benchmark_quick_mode_without_cellrank(tmp_path):
+  """The benchmark's command end to end in its quick mode: held-out cells only, all scored.
+
+  A subprocess: the script defines absl flags (``--config``) that cardiac_jax.main,
+  imported by other tests, defines too.
+  """
+  out = tmp_path / "fate"
+  subprocess.run(
+      [sys.executable, "experiments/fate_benchmark.py", "--config=configs/fate.py:quick",
+       "--config.train.num_epochs=1", "--seeds=0", "--methods=cardiac_jax,logreg,priming",
+       f"--workdir={tmp_path / 'bench'}", f"--out={out}", "--n_walks=2"],
+      cwd=REPO, check=True, capture_output=True, text=True)
+  results = json.loads(out.with_suffix(".json").read_text())
+  seed = results["seeds"][0]
+  split = np.load(tmp_path / "bench" / "seed0" / "split.npz")["split"]
+  assert 0 < seed["n_held_out_prog"] <= seed["n_held_out"] <= int(np.sum(split == 2))
+  for m in ("cardiac_jax", "logreg", "priming"):
+    assert 0.0 <= seed["methods"][m]["prog"]["auc"] <= 1.0
+    assert seed["methods"][m]["prog"]["n"] == seed["n_held_out_prog"]
+    assert seed["costs"][m]["wall_s"] > 0 and seed["costs"][m]["peak_rss_mb"] > 0
+  for suffix in (".md", ".json", ".png"):
+    assert out.with_suffix(suffix).exists()
+  assert "held-out PROG" in out.with_suffix(".md").read_text()
