@@ -56,6 +56,7 @@ TREES: dict[str, dict[str, Any]] = {
         "edges": {("root", "early"): 0.45, ("early", "mid"): 0.45, ("mid", "prog"): 0.45,
                   ("prog", "fateA"): 0.25, ("prog", "fateB"): 0.2},
         "time_points": (1, 2, 3, 5, 7, 9, 12),
+        "fate_pair": ("fateA", "fateB"),       # the branch scored as data.fate_classes
     },
     "b": {
         "states": ("stem", "bipotent", "left", "right", "leftA", "leftB", "rightEnd"),
@@ -63,6 +64,7 @@ TREES: dict[str, dict[str, Any]] = {
                   ("bipotent", "right"): 0.25, ("left", "leftA"): 0.2, ("left", "leftB"): 0.2,
                   ("right", "rightEnd"): 0.3},
         "time_points": (1, 3, 5, 8, 12),
+        "fate_pair": ("leftA", "leftB"),
     },
 }
 POPULATION_KEY = "population"
@@ -167,23 +169,29 @@ def time_ordered_classes(adata: Any) -> tuple[str, ...]:
   return ingest.derive_classes(adata.obs[POPULATION_KEY].to_numpy().astype(str), time_index)
 
 
-def overrides(path: str | os.PathLike, classes: Sequence[str] = ()) -> list[str]:
+def _tuple_flag(values: Sequence[str]) -> str:
+  return "(" + ",".join(repr(str(c)) for c in values) + ("," if len(values) == 1 else "") + ")"
+
+
+def overrides(path: str | os.PathLike, classes: Sequence[str] = (),
+              fate_pair: Sequence[str] = ()) -> list[str]:
   """The --config.* flags that run cardiac_jax.main on a file written here.
 
   Explicit ``classes`` run on any version of cardiac_jax; ``()`` lets ingest take
-  every population present, ordered by mean time.
+  every population present, ordered by mean time. ``fate_pair`` names the two
+  sister fates the report scores as a two-class accuracy (``data.fate_classes``).
   """
-  class_list = "(" + ",".join(repr(str(c)) for c in classes) + ("," if len(classes) == 1 else "") + ")"
+  fate = [f"--config.data.fate_classes={_tuple_flag(fate_pair)}"] if fate_pair else []
   return [
       "--config.data.source=h5ad",
       f"--config.data.path={pathlib.Path(path).resolve()}",
       f"--config.data.population_key={POPULATION_KEY}",
       f"--config.data.time_key={TIME_KEY}",
       "--config.data.donor_key=",
-      f"--config.data.classes={class_list}",
+      f"--config.data.classes={_tuple_flag(classes)}",
       "--config.data.drop_labels=()",
       "--config.data.spatial.enabled=false",
-  ]
+  ] + fate
 
 
 def per_cell_accuracy(adata: Any, seed: int = 0, n_pcs: int = 50) -> float:
@@ -220,8 +228,10 @@ def main(argv):
   table = pd.crosstab(adata.obs[POPULATION_KEY], adata.obs[TIME_KEY], margins=True)
   print(f"wrote {out}: {adata.n_obs} cells x {adata.n_vars} genes\n{table}")
   classes = time_ordered_classes(adata)
-  summary = {"overrides": overrides(out, classes), "classes": list(classes),
-             "overrides_derived_classes": overrides(out),   # data.classes=(): same list
+  pair = TREES[_TREE.value]["fate_pair"]
+  summary = {"overrides": overrides(out, classes, pair), "classes": list(classes),
+             # data.classes=(): the same list, derived by ingest
+             "overrides_derived_classes": overrides(out, fate_pair=pair),
              "n_cells": int(adata.n_obs),
              "n_genes": int(adata.n_vars),
              "cells_per_population": {str(k): int(v) for k, v in

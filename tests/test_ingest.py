@@ -316,7 +316,10 @@ def test_external_testbed_writes_a_file_ingest_accepts(tmp_path, data_cfg):
   path = testbed.write_h5ad(adata, tmp_path / "ext.h5ad")
   assert [p.name for p in tmp_path.iterdir()] == ["ext.h5ad"]     # no temp file left
   flags = dict(f.removeprefix("--config.data.").split("=", 1)
-               for f in testbed.overrides(path, testbed.time_ordered_classes(adata)))
+               for f in testbed.overrides(path, testbed.time_ordered_classes(adata),
+                                          tree["fate_pair"]))
+  assert flags["fate_classes"] == "('fateA','fateB')"
+  assert not any("fate_classes" in f for f in testbed.overrides(path))
   assert flags["source"] == "h5ad" and flags["path"] == str(path.resolve())
   assert flags["spatial.enabled"] == "false" and flags["donor_key"] == ""
   data_cfg.population_key, data_cfg.time_key = flags["population_key"], flags["time_key"]
