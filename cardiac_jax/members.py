@@ -1,17 +1,19 @@
 """Several models trained as one: ``train.num_members = K``.
 
 Why: every honest verdict here needs several seeds, and an ensemble of seeds
-is the cheapest way to generalise better; trained one after another each
-costs a whole run, and a small model (32 x 80 tokens at width 64) cannot fill
-a GPU or even both CPU cores. So K members share one compiled epoch: the train
-state gains a leading member axis and the epoch is ``jax.vmap``-ed over it.
+is a standard way to generalise better; trained one after another each
+costs a whole run (a compile, a data build, a process), and a small model
+(32 x 80 tokens at width 64) cannot fill a GPU. So K members share one compiled
+epoch: the train state gains a leading member axis, and the epoch runs over it
+batched (``jax.vmap``, for a GPU) or member after member (``lax.map``, for a
+CPU that one member already fills), as ``train.member_axis`` says.
 
 Member k is the K = 1 run with ``seed + k``: its own init and dropout keys and
 its own stratified data order (``default_rng([seed + k, epoch])``), so member k
 equals the separate run of that seed up to float summation order (the tests
 check it) and the members are as diverse as separate runs. Each member has its
 own early stopping and best epoch; the run ends when every member has stopped.
-A stopped member keeps being stepped (the vmap has no holes) but its metrics
+A stopped member keeps being stepped (the member axis has no holes) but its metrics
 are no longer recorded and its best weights are frozen. The best checkpoint
 holds every member's own best weights (``merge_best``).
 
