@@ -192,8 +192,7 @@ def build(data_cfg: Any, stage: Any, preprocessor_path: pathlib.Path | None,
     x = sequences.assemble_features(
         pcs, src, sequences.time_feature(cells.time_index, len(cells.time_labels)), 0)
     class_names = tuple(info["terminal"])
-    counts = {name: {c: int(np.sum((split == s) & (y == i))) for i, c in enumerate(class_names)}
-              for s, name in enumerate(splits.SPLITS)}
+    counts = dataset_lib.counts_table(y, split, class_names)
     meta = {
         "cache_key": key, "code_version": CODE_VERSION, "task": "fate", "fate": info,
         "labelled_cells": labelled, "class_names": list(class_names),

@@ -350,7 +350,8 @@ def _spatial_plan(labels: np.ndarray, spot_split: np.ndarray, class_names: Seque
   return plan, eligible.tolist()
 
 
-def _counts_table(y: np.ndarray, split: np.ndarray, class_names) -> dict:
+def counts_table(y: np.ndarray, split: np.ndarray, class_names) -> dict:
+  """Sequences per split x class, the meta's "counts" (every builder's, fate's too)."""
   return {name: {c: int(np.sum((split == s) & (y == i))) for i, c in enumerate(class_names)}
           for s, name in enumerate(splits.SPLITS)}
 
@@ -488,9 +489,9 @@ def _build(data_cfg: Any, stage: _Stages, preprocessor_path: pathlib.Path | None
         "n_cells": int(n_cells),
         "n_spots": int(spots.counts.shape[0]) if spots is not None else 0,
         "cells_per_split": np.bincount(cell_split, minlength=3).tolist(),
-        "counts": _counts_table(y, split, class_names),
-        "temporal_counts": _counts_table(y[:n_t], split[:n_t], class_names),
-        "spatial_counts": _counts_table(y[n_t:], split[n_t:], class_names),
+        "counts": counts_table(y, split, class_names),
+        "temporal_counts": counts_table(y[:n_t], split[:n_t], class_names),
+        "spatial_counts": counts_table(y[n_t:], split[n_t:], class_names),
         "spatial_classes": [class_names[c] for c in spatial_classes],
         "spots_per_split": ({name: int(np.sum(spot_split == s))
                              for s, name in enumerate(splits.SPLITS)}
