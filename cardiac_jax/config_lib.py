@@ -121,6 +121,9 @@ def base_config() -> ml_collections.ConfigDict:
   train.weight_decay_start = 0.01
   train.weight_decay_end = 0.10
   train.ramp_epochs = 20.0                     # 0 = the ramps span num_epochs
+  # Evaluate (and export) an exponential moving average of the weights over about
+  # this many epochs instead of the last step's weights; 0 = off (optim.track_average).
+  train.average_epochs = 0.0
   # Weights of the sequence branch tried on validation after training (cell head
   # models; evaluation.select_branch_gate). () = keep the trained sum.
   train.branch_gate_grid = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -41,6 +41,7 @@ import numpy as np
 from cardiac_jax import fileio
 from cardiac_jax import members as members_lib
 from cardiac_jax import models
+from cardiac_jax import optim
 from cardiac_jax.data.errors import DataError
 
 # cardiac_jax.data.preprocess (anndata, scipy, sklearn) is imported where used, so
@@ -60,7 +61,8 @@ PREDICT_CHUNK = 1024
 
 
 def _flat_variables(state: Any) -> dict[str, np.ndarray]:
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  variables = {"params": optim.eval_params(state.params, state.opt_state),
+               "batch_stats": state.batch_stats}
   flat = traverse_util.flatten_dict(jax.device_get(variables), sep="/")
   return {k: np.asarray(v) for k, v in flat.items()}
 

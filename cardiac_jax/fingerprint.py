@@ -48,6 +48,7 @@ ADDED_FIELDS = {
     "model.cell_head": False,
     "model.branch_dropout": 0.0,
     "train.ramp_epochs": 0.0,
+    "train.average_epochs": 0.0,
     "train.num_members": 1,
     "train.member_axis": "auto",
     "data.fate_classes": ["CM", "CF"],

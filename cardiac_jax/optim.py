@@ -1,16 +1,19 @@
 """Optimizer chain and the schedules it (and the loss) consume.
 
-The chain has one fixed structure whatever the config says, so a checkpoint's
-optimizer state always restores into a freshly built optimizer:
+The chain has one fixed structure for a given ``train.average_epochs`` (which
+the config fingerprint covers), so a checkpoint's optimizer state always
+restores into a freshly built optimizer:
 
   clip by global norm → Adam moments → decoupled weight decay (kernels only,
-  scheduled coefficient) → scheduled learning rate with the sign flip.
+  scheduled coefficient) → scheduled learning rate with the sign flip
+  [→ an exponential moving average of the parameters, evaluated in their place].
 """
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -22,6 +25,7 @@ class Schedules(NamedTuple):
   lr: optax.Schedule
   label_smoothing: optax.Schedule
   weight_decay: optax.Schedule
+  average_decay: optax.Schedule | None = None   # None = no parameter average
 
 
 def make_schedules(config: ml_collections.ConfigDict, steps_per_epoch: int,
@@ -38,7 +42,8 @@ def make_schedules(config: ml_collections.ConfigDict, steps_per_epoch: int,
       reach it.
 
   Returns:
-    ``Schedules(lr, label_smoothing, weight_decay)``.
+    ``Schedules(lr, label_smoothing, weight_decay, average_decay)``; the
+    average's decay spans ``train.average_epochs`` epochs (None when 0).
   """
   t = config.train
   ramp_epochs = t.get("ramp_epochs")
@@ -59,7 +64,63 @@ def make_schedules(config: ml_collections.ConfigDict, steps_per_epoch: int,
           t.label_smoothing_start, t.label_smoothing_end, ramp_steps),
       weight_decay=schedules_lib.linear_schedule(
           t.weight_decay_start, t.weight_decay_end, ramp_steps),
+      average_decay=average_decay(t.get("average_epochs", 0.0), steps_per_epoch),
   )
+
+
+def average_decay(epochs: float, steps_per_epoch: int) -> optax.Schedule | None:
+  """Decay of a parameter average with a horizon of ``epochs`` epochs.
+
+  In epochs, not a per-step constant, so the same setting averages over the
+  same share of training at every scale. The decay warms up as
+  ``(1 + t) / (10 + t)``, so the first steps' random weights leave the
+  average quickly instead of being debiased.
+  """
+  if not epochs or epochs <= 0:
+    return None
+  target = 1.0 - 1.0 / max(1.0, float(epochs) * steps_per_epoch)
+
+  def schedule(step):
+    t = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(target, (1.0 + t) / (10.0 + t))
+  return schedule
+
+
+class AverageState(NamedTuple):
+  """The running parameter average and the number of updates it has seen."""
+  count: jax.Array
+  average: Any
+
+
+def track_average(decay: optax.Schedule) -> optax.GradientTransformation:
+  """Keeps an exponential moving average of the parameters after each update.
+
+  The updates pass through unchanged, so training follows exactly the
+  trajectory it would without the average; evaluation reads the average
+  (``eval_params``). Living in the optimizer state, it is checkpointed,
+  resumed and vmapped over ensemble members with everything else.
+  """
+  def init(params):
+    return AverageState(count=jnp.zeros((), jnp.int32),
+                        average=jax.tree.map(jnp.array, params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("track_average needs the parameters: call update(g, s, params)")
+    new = optax.apply_updates(params, updates)
+    d = decay(state.count)
+    average = jax.tree.map(lambda a, p: (d * a + (1.0 - d) * p).astype(a.dtype),
+                           state.average, new)
+    return updates, AverageState(count=state.count + 1, average=average)
+
+  return optax.GradientTransformation(init, update)
+
+
+def eval_params(params: Any, opt_state: Any) -> Any:
+  """The weights to evaluate: the parameter average when the chain keeps one."""
+  if isinstance(opt_state, tuple) and opt_state and isinstance(opt_state[-1], AverageState):
+    return opt_state[-1].average
+  return params
 
 
 def kernel_mask(params: Any) -> Any:
@@ -76,15 +137,19 @@ def make_optimizer(config: ml_collections.ConfigDict,
   Weight decay is decoupled (AdamW): after the Adam direction is formed,
   ``wd(t) * param`` is added for kernels, and the sum is scaled by ``-lr(t)``.
   ``train.grad_clip_norm`` <= 0 (or None) turns clipping off by substituting
-  ``optax.identity()``, which has the same (empty) state.
+  ``optax.identity()``, which has the same (empty) state. ``train.average_epochs``
+  > 0 appends ``track_average`` (training is unchanged; evaluation reads it).
   """
   t = config.train
   clip_norm = t.get("grad_clip_norm")
   clip = (optax.clip_by_global_norm(float(clip_norm)) if clip_norm and clip_norm > 0
           else optax.identity())
-  return optax.chain(
+  parts = [
       clip,
       optax.scale_by_adam(b1=t.b1, b2=t.b2, eps=t.get("adam_eps", 1e-8)),
       optax.add_decayed_weights(schedules.weight_decay, mask=kernel_mask),
       optax.scale_by_learning_rate(schedules.lr),
-  )
+  ]
+  if schedules.average_decay is not None:
+    parts.append(track_average(schedules.average_decay))
+  return optax.chain(*parts)

@@ -79,6 +79,9 @@ def _validate(config: ml_collections.ConfigDict) -> None:
                      ("model.branch_dropout", m.get("branch_dropout", 0.0))):
     if not 0.0 <= rate < 1.0:
       raise ConfigError(f"{name}={rate} must be in [0, 1).")
+  if t.get("average_epochs", 0.0) < 0.0:
+    raise ConfigError(f"train.average_epochs={t.average_epochs} must be >= 0 "
+                      "(0 = evaluate the trained weights, no average).")
   if m.get("feature_noise", 0.0) < 0.0:
     raise ConfigError(f"model.feature_noise={m.feature_noise} must be >= 0.")
   if m.norm not in models.NORMS:

@@ -174,8 +174,12 @@ def train_epoch(state: TrainState, data: dict[str, jax.Array], idx: jax.Array,
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
               model: Any) -> tuple[dict[str, jax.Array], jax.Array]:
-  """Eval-mode sums (unsmoothed loss) over examples with weight > 0, and probabilities."""
-  logits = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+  """Eval-mode sums (unsmoothed loss) over examples with weight > 0, and probabilities.
+
+  Evaluates the parameter average when the optimizer keeps one (``optim.eval_params``).
+  """
+  params = optim.eval_params(state.params, state.opt_state)
+  logits = model.apply({"params": params, "batch_stats": state.batch_stats},
                        batch["x"], batch["mask"], train=False)
   w = batch["weight"]
   loss = cross_entropy(logits, batch["y"])

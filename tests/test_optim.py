@@ -126,3 +126,42 @@ def test_update_scales_with_scheduled_learning_rate():
     np.testing.assert_allclose(updates["dense"]["kernel"], -lr, rtol=1e-4)
     seen.append(lr)
   assert max(seen) / min(seen) > 10   # the check covered warmup, decay and a restart
+
+
+def test_average_decay_spans_epochs_and_warms_up():
+  assert optim.average_decay(0.0, 10) is None
+  decay = optim.average_decay(2.0, 10)                   # horizon 20 steps
+  assert float(decay(0)) == pytest.approx(0.1)           # (1 + 0) / (10 + 0)
+  assert float(decay(10_000)) == pytest.approx(1.0 - 1.0 / 20)
+  assert float(decay(5)) < float(decay(50)) <= 1.0 - 1.0 / 20
+
+
+def test_parameter_average_leaves_training_alone_and_is_what_eval_reads():
+  params = _params()
+  plain_cfg = _config(average_epochs=0.0)
+  avg_cfg = _config(average_epochs=1.0)
+  plain = optim.make_optimizer(plain_cfg, optim.make_schedules(plain_cfg, 4, 40))
+  avg_sched = optim.make_schedules(avg_cfg, 4, 40)
+  averaged = optim.make_optimizer(avg_cfg, avg_sched)
+  s_plain, s_avg = plain.init(params), averaged.init(params)
+  assert optim.eval_params(params, s_plain) is params    # no average: the weights
+  p_plain = p_avg = params
+  expected = jax.tree.map(jnp.array, params)
+  rng = np.random.default_rng(0)
+  for step in range(6):
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32),
+                         params)
+    u_plain, s_plain = plain.update(grads, s_plain, p_plain)
+    u_avg, s_avg = averaged.update(grads, s_avg, p_avg)
+    jax.tree.map(np.testing.assert_array_equal, u_plain, u_avg)   # same trajectory
+    p_plain = optax_apply(p_plain, u_plain)
+    p_avg = optax_apply(p_avg, u_avg)
+    d = float(avg_sched.average_decay(step))
+    expected = jax.tree.map(lambda e, p: d * e + (1 - d) * p, expected, p_avg)
+  got = optim.eval_params(p_avg, s_avg)
+  jax.tree.map(lambda g, e: np.testing.assert_allclose(g, e, rtol=1e-6), got, expected)
+  assert not np.allclose(got["dense"]["kernel"], p_avg["dense"]["kernel"])
+
+
+def optax_apply(params, updates):
+  return jax.tree.map(lambda p, u: p + u, params, updates)

@@ -293,3 +293,21 @@ def test_restore_best_and_predict_reproduce_the_reported_test_accuracy(straight_
     reported = json.load(f)
   assert meta["epoch"] == reported["best_epoch"]
   assert np.mean(probs.argmax(-1) == test.y) == pytest.approx(reported["test_acc"], abs=1e-9)
+
+
+def test_parameter_average_is_what_is_evaluated_and_exported(tmp_path, dataset):
+  """With train.average_epochs the report, restore_best and predict all use the average."""
+  config = tiny_config(num_epochs=3, average_epochs=1.0)
+  workdir = str(tmp_path / "avg")
+  results = train.train_and_evaluate(config, workdir, dataset=dataset)
+  run, state, meta = inference.restore_best(config, workdir, dataset=dataset)
+  from cardiac_jax import optim
+  average = optim.eval_params(state.params, state.opt_state)
+  assert average is not state.params
+  assert not np.allclose(jax.tree.leaves(average)[0], jax.tree.leaves(state.params)[0])
+  test = dataset.part("test")
+  probs = inference.predict(run, state, test.x, test.mask)
+  assert np.mean(probs.argmax(-1) == test.y) == pytest.approx(results["test_acc"], abs=1e-9)
+  raw = state.replace(opt_state=state.opt_state[:-1])   # the same weights, no average
+  raw_probs = inference.predict(run, raw, test.x, test.mask)
+  assert not np.allclose(raw_probs, probs)
