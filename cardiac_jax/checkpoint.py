@@ -26,6 +26,7 @@ from typing import Any, Iterable
 from absl import logging
 import orbax.checkpoint as ocp
 
+from cardiac_jax import fileio
 from cardiac_jax.errors import ConfigError
 
 STATE, META = "state", "meta"
@@ -134,7 +135,7 @@ class Checkpointer:
 
   def _set_aside(self, manager: ocp.CheckpointManager, steps: Iterable[int]) -> None:
     steps = list(steps)
-    if not steps:
+    if not steps or not fileio.is_primary():
       return
     aside = os.path.join(self.root, "corrupt", os.path.basename(str(manager.directory)))
     os.makedirs(aside, exist_ok=True)

@@ -23,6 +23,7 @@ from cardiac_jax import input_pipeline
 from cardiac_jax import members as members_lib
 from cardiac_jax import models
 from cardiac_jax import monitor
+from cardiac_jax import parallel
 from cardiac_jax import report as report_lib
 from cardiac_jax.data import splits as splits_lib
 
@@ -52,9 +53,9 @@ def evaluate(eval_fn: Callable, state: Any, data: dict[str, jax.Array], chunks: 
              with_probs: bool = False) -> dict[str, Any]:
   """Eval-mode loss/accuracy over a split (and optionally its class probabilities)."""
   total, probs = eval_sums(eval_fn, state, data, chunks, with_probs=with_probs)
-  out = summarise_eval(jax.device_get(total))
+  out = summarise_eval(parallel.fetch(total))
   if with_probs:
-    out["probs"] = np.asarray(jax.device_get(jnp.concatenate(probs)))[:out["count"]]
+    out["probs"] = np.asarray(parallel.fetch(jnp.concatenate(probs)))[:out["count"]]
   return out
 
 
@@ -68,7 +69,7 @@ def evaluate_members(eval_fn: Callable, state: Any, data: dict[str, jax.Array],
   """
   if num_members == 1:
     return [evaluate(eval_fn, state, data, chunks, with_probs=with_probs)]
-  total, probs = jax.device_get(eval_sums(eval_fn, state, data, chunks,
+  total, probs = parallel.fetch(eval_sums(eval_fn, state, data, chunks,
                                           with_probs=with_probs))
   out = []
   for k in range(num_members):

@@ -173,6 +173,8 @@ def export_model(run: Any, state: Any, workdir: str | os.PathLike, *,
   }
   info["hash"] = _content_hash(files, info)
   target = pathlib.Path(workdir) / MODEL_DIR
+  if not fileio.is_primary():
+    return target
   tmp = target.with_name(f".{MODEL_DIR}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
   old = target.with_name(f".{MODEL_DIR}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old")
   try:

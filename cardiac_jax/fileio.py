@@ -4,7 +4,8 @@ Reports, study tables, plots, configs, caches and fitted preprocessors are read
 by notebooks and resumed runs while other processes may still be writing them;
 writing to a temporary name in the same folder and renaming it over the target
 means a reader sees the old file or the new one, never half of one. A failed
-write leaves no temporary behind.
+write leaves no temporary behind. In a multi-process run every process computes
+the same results and only the first one writes (``is_primary``).
 """
 from __future__ import annotations
 
@@ -37,8 +38,23 @@ def atomic_path(path: PathLike) -> Iterator[pathlib.Path]:
     tmp.unlink(missing_ok=True)
 
 
+def is_primary() -> bool:
+  """False on every process but the first of a ``jax.distributed`` run.
+
+  The processes hold identical (replicated) results, so one writer is enough,
+  and it keeps appended files such as ``metrics.jsonl`` free of duplicates.
+  jax is not imported here: a process that never imported it is primary.
+  """
+  jax = sys.modules.get("jax")
+  if jax is None or not jax.distributed.is_initialized():
+    return True
+  return jax.process_index() == 0
+
+
 def atomic_write_bytes(path: PathLike, data: bytes) -> pathlib.Path:
-  """Writes ``data`` to ``path`` atomically; returns the path."""
+  """Writes ``data`` to ``path`` atomically (only on the primary process); returns the path."""
+  if not is_primary():
+    return pathlib.Path(path)
   with atomic_path(path) as tmp:
     tmp.write_bytes(data)
   return pathlib.Path(path)
@@ -63,7 +79,8 @@ def save_figure(fig: Any, path: PathLike, dpi: int = 110) -> pathlib.Path:
   created is closed so that loops of plots do not accumulate open figures.
   """
   buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+  if is_primary():
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
   pyplot = sys.modules.get("matplotlib.pyplot")
   if pyplot is not None:
     pyplot.close(fig)     # a no-op for figures pyplot does not manage

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
@@ -124,6 +125,21 @@ def place(tree: Any) -> Any:
 def place_batches(tree: Any, batch_axis: int = 0) -> Any:
   """Puts index/weight arrays on the devices, split along ``batch_axis``."""
   return jax.device_put(tree, batch_sharding(batch_axis=batch_axis))
+
+
+def fetch(tree: Any) -> Any:
+  """``jax.device_get`` that also works for arrays split over other processes' devices.
+
+  With several processes, an eval chunk's probabilities are split along the
+  batch over every host's devices; each process gathers the whole array
+  (``process_allgather``, a collective: every process must call it). On one
+  process this is plain ``device_get``.
+  """
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.device_get(x)
+  return jax.tree.map(one, tree)
 
 
 def abstract_like(tree: Any) -> Any:

@@ -52,6 +52,8 @@ def truncate_metrics(path: str, last_epoch: int) -> list[dict[str, Any]]:
 
 def append_metrics(path: str, record: dict[str, Any]) -> None:
   """Appends one epoch's record, flushed, so a crash loses at most that epoch."""
+  if not fileio.is_primary():
+    return
   with open(path, "a") as f:
     f.write(json.dumps(record) + "\n")
     f.flush()

@@ -360,7 +360,7 @@ def _run_epoch(run: Run, state: TrainState, epoch: int) -> tuple[TrainState, dic
       evaluation.eval_sums(run.fns.eval_chunk, state, run.data, run.chunks[name])[0]
       for name in ("train", "val"))
   norm = jax.vmap(optax.tree.norm) if stacked else optax.tree.norm
-  fetched = jax.device_get({"train_sums": sums, "train_eval": train_total,
+  fetched = parallel.fetch({"train_sums": sums, "train_eval": train_total,
                             "val_eval": val_total, "step": state.step,
                             "param_norm": norm(state.params)})
   return state, fetched
@@ -429,7 +429,7 @@ def _init_or_resume(run: Run, workdir: str, ckpt: checkpoint_lib.Checkpointer
   state, meta = restored
   fingerprint_lib.check_workdir(workdir, run.fingerprint, meta)
   logging.info("Resuming %s from epoch %d (step %d).", workdir, int(meta["epoch"]),
-               int(np.max(jax.device_get(state.step))))
+               int(np.max(parallel.fetch(state.step))))
   # Patience may change on resume; the counters carry over.
   es = stopping_state(run.config, run.num_members, meta["early_stopping"])
   best = None

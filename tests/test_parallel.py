@@ -1,10 +1,14 @@
-"""Data parallelism: 4 CPU devices train like 1, batch statistics are global, sizes checked.
+"""Data parallelism: 4 CPU devices train like 1, two processes train like one,
+batch statistics are global, sizes checked.
 
 The multi-device runs happen in subprocesses because the host device count is
-fixed when JAX starts (``--xla_force_host_platform_device_count``).
+fixed when JAX starts (``--xla_force_host_platform_device_count``); the
+multi-process run is two ``jax.distributed`` processes on this machine talking
+over JAX's CPU collectives (gloo).
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -30,6 +34,8 @@ EVAL_LOSS_RTOL = 5e-3
 
 _TRAIN = textwrap.dedent("""
     import json, sys, jax, numpy as np
+    from cardiac_jax import parallel
+    parallel.maybe_initialize_distributed()   # a no-op without JAX_COORDINATOR_ADDRESS
     sys.path.insert(0, {tests!r})
     from test_train import synthetic_dataset, tiny_config
     from cardiac_jax import report, train
@@ -41,10 +47,11 @@ _TRAIN = textwrap.dedent("""
     run = train.build_run(config, synthetic_dataset())
     with checkpoint.Checkpointer({workdir!r}, 3) as ckpt:
       state, _ = ckpt.restore_latest(run.abstract_state)
-    np.savez({workdir!r} + "/params.npz", **{{jax.tree_util.keystr(k): np.asarray(v)
+    np.savez({workdir!r} + f"/params{{jax.process_index()}}.npz", **{{jax.tree_util.keystr(k): np.asarray(v)
              for k, v in jax.tree_util.tree_leaves_with_path(state.params)}})
     print("RESULT" + json.dumps({{
-        "devices": jax.device_count(),
+        "devices": jax.device_count(), "processes": jax.process_count(),
+        "records": len(records),
         "train_loss_running": [r["train_loss_running"] for r in records],
         "val_loss": [r["val_loss"] for r in records],
         "test_acc": out["test_acc"]}}))
@@ -74,14 +81,47 @@ _BATCH_STATS = textwrap.dedent("""
 """)
 
 
-def _run(script: str, devices: int) -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                        text=True, timeout=240)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")][-1]
+def _env(devices: int, **extra: str) -> dict:
+  return dict(os.environ, JAX_PLATFORMS="cpu",
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+
+
+def _result(stdout: str) -> dict:
+  line = [l for l in stdout.splitlines() if l.startswith("RESULT")][-1]
   return json.loads(line[len("RESULT"):])
+
+
+def _run(script: str, devices: int) -> dict:
+  proc = subprocess.run([sys.executable, "-c", script], env=_env(devices),
+                        capture_output=True, text=True, timeout=240)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return _result(proc.stdout)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _run_processes(script: str, processes: int, devices: int) -> list[dict]:
+  """``processes`` jax.distributed processes on this machine, ``devices`` CPU devices each."""
+  address = f"127.0.0.1:{_free_port()}"
+  procs = [subprocess.Popen(
+      [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True, env=_env(devices, JAX_COORDINATOR_ADDRESS=address,
+                          JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i)))
+           for i in range(processes)]
+  outs = []
+  try:
+    for p in procs:
+      stdout, stderr = p.communicate(timeout=300)
+      assert p.returncode == 0, stderr[-3000:]
+      outs.append(_result(stdout))
+  finally:
+    for p in procs:
+      p.kill()
+  return outs
 
 
 def test_four_devices_train_like_one(tmp_path):
@@ -96,11 +136,40 @@ def test_four_devices_train_like_one(tmp_path):
   np.testing.assert_allclose(four["train_loss_running"], one["train_loss_running"],
                              rtol=LOSS_RTOL)
   np.testing.assert_allclose(four["val_loss"], one["val_loss"], rtol=EVAL_LOSS_RTOL)
-  p1, p4 = (np.load(tmp_path / f"d{d}" / "params.npz") for d in (1, 4))
+  p1, p4 = (np.load(tmp_path / f"d{d}" / "params0.npz") for d in (1, 4))
   checked = [k for k in p1.files if not k.endswith(GRADIENT_FREE)]
   assert len(checked) > len(p1.files) // 2
   for k in checked:
     np.testing.assert_allclose(p4[k], p1[k], atol=PARAM_ATOL, err_msg=k)
+
+
+def test_two_processes_train_like_one(tmp_path):
+  """Two jax.distributed processes of 2 devices each = one process of 4 devices.
+
+  Same mesh, same global batches: the per-epoch metrics agree to float
+  tolerance (gloo's all-reduce may sum in another order), every process ends
+  with the same parameters, and only the first process writes the workdir's
+  files (one metrics record per epoch, not two).
+  """
+  tests = os.path.dirname(os.path.abspath(__file__))
+  one = _run(_TRAIN.format(tests=tests, workdir=str(tmp_path / "one")), 4)
+  two = _run_processes(_TRAIN.format(tests=tests, workdir=str(tmp_path / "two")), 2, 2)
+  assert [r["processes"] for r in two] == [2, 2]
+  assert [r["devices"] for r in two] == [4, 4] and one["devices"] == 4
+  for r in two:
+    assert r["records"] == len(one["train_loss_running"]) == 2
+    np.testing.assert_allclose(r["train_loss_running"], one["train_loss_running"],
+                               rtol=LOSS_RTOL)
+    np.testing.assert_allclose(r["val_loss"], one["val_loss"], rtol=EVAL_LOSS_RTOL)
+    assert r["test_acc"] == pytest.approx(one["test_acc"], abs=0.02)
+  p_one = np.load(tmp_path / "one" / "params0.npz")
+  p_two = [np.load(tmp_path / "two" / f"params{i}.npz") for i in (0, 1)]
+  for k in p_one.files:
+    np.testing.assert_array_equal(p_two[0][k], p_two[1][k], err_msg=k)
+    if not k.endswith(GRADIENT_FREE):
+      np.testing.assert_allclose(p_two[0][k], p_one[k], atol=PARAM_ATOL, err_msg=k)
+  with open(tmp_path / "two" / "metrics.jsonl") as f:
+    assert len(f.read().splitlines()) == 2
 
 
 def test_batch_norm_statistics_are_global():
