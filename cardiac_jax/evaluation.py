@@ -161,6 +161,8 @@ def _members_summary(run: Any, per_member: dict[str, list[dict[str, Any]]],
     out[f"{name}_acc"] = acc
     out[f"{name}_acc_mean"] = float(np.mean(acc))
     out[f"{name}_acc_std"] = float(np.std(acc))
+  for name, evs in per_member.items():
+    out[f"{name}_loss"] = [e["loss"] for e in evs]
   gaps = [tr["acc"] - va["acc"] for tr, va in zip(per_member["train"], per_member["val"])]
   out["acc_gap"], out["acc_gap_mean"] = gaps, float(np.mean(gaps))
   # The test metrics a single run reports, per member, so a K-member run stands in
@@ -168,8 +170,10 @@ def _members_summary(run: Any, per_member: dict[str, list[dict[str, Any]]],
   names = tuple(run.dataset.class_names)
   y_test = np.asarray(run.dataset.y)[np.asarray(run.dataset.split)
                                      == splits_lib.SPLIT_IDS["test"]]
-  out["test_macro_f1"] = [report_lib.classification_metrics(
-      y_test, np.argmax(e["probs"], -1), names)["macro_f1"] for e in per_member["test"]]
+  cls = [report_lib.classification_metrics(y_test, np.argmax(e["probs"], -1), names)
+         for e in per_member["test"]]
+  out["test_macro_f1"] = [c["macro_f1"] for c in cls]
+  out["test_confusion"] = [c["confusion"] for c in cls]
   out["test_fate_pair_acc"] = [report_lib.pair_accuracy(
       y_test, e["probs"], names, report_lib.fate_pair(run.config)) for e in per_member["test"]]
   return out

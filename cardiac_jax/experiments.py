@@ -52,6 +52,7 @@ from cardiac_jax import fingerprint as fingerprint_lib  # noqa: E402
 from cardiac_jax import config_lib  # noqa: E402
 from cardiac_jax import fileio  # noqa: E402
 from cardiac_jax import input_pipeline  # noqa: E402
+from cardiac_jax import members as members_lib  # noqa: E402
 from cardiac_jax import monitor  # noqa: E402
 from cardiac_jax import scaling  # noqa: E402
 from cardiac_jax import train as train_lib  # noqa: E402
@@ -124,6 +125,37 @@ def train_or_reuse(config: ml_collections.ConfigDict, workdir: str,
                  report["test_acc"])
     return report
   return train_lib.train_and_evaluate(config, workdir, dataset=dataset)
+
+
+def member_results(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """A K-member run's report as K single-seed reports, one per member.
+
+  Member k trains exactly as a run with seed ``seed + k`` would
+  (tests/test_members.py), so its numbers stand in for that run's; the run's
+  wall and training seconds are split evenly between the members.
+  """
+  m = results["members"]
+  k_all = len(m["seeds"])
+  out = []
+  for k, seed in enumerate(m["seeds"]):
+    r = {"seed": int(seed), "member_of": int(m["seeds"][0]),
+         "train_acc": m["train_acc"][k], "val_acc": m["val_acc"][k],
+         "test_acc": m["test_acc"][k], "macro_f1": m["test_macro_f1"][k],
+         "fate_pair_acc": m["test_fate_pair_acc"][k], "acc_gap": m["acc_gap"][k],
+         "best_epoch": m["best_epoch"][k], "epochs_run": results["epochs_run"],
+         "class_names": results["class_names"], "num_params": results["num_params"],
+         "wall_seconds": results["wall_seconds"] / k_all,
+         "train_seconds": results.get("train_seconds", 0.0) / k_all}
+    if "train_loss" in m:   # reports written before they were kept per member lack these
+      r.update(train_loss=m["train_loss"][k], val_loss=m["val_loss"][k],
+               confusion=m["test_confusion"][k])
+    out.append(r)
+  return out
+
+
+def consecutive(seeds: Sequence[int]) -> bool:
+  """True for seeds s, s + 1, ..., the seeds of one run's members (members.seeds)."""
+  return len(seeds) > 1 and list(seeds) == list(range(seeds[0], seeds[0] + len(seeds)))
 
 
 def run_summary(results: Mapping[str, Any], dataset: Any) -> dict[str, Any]:
@@ -202,7 +234,8 @@ def best_scale(per_scale: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def run_multiscale(configs: Mapping[str, ml_collections.ConfigDict],
-                   seeds: Sequence[int] = (0,), *, workdir_root: str) -> dict[str, Any]:
+                   seeds: Sequence[int] = (0,), *, workdir_root: str,
+                   members: bool = True) -> dict[str, Any]:
   """Trains each scale's config for each seed in ``<root>/<scale>_seed<k>`` and compares.
 
   Args:
@@ -212,6 +245,9 @@ def run_multiscale(configs: Mapping[str, ml_collections.ConfigDict],
       tests and smoke checks).
     seeds: training seeds (config.seed); the data and splits do not change.
     workdir_root: where the runs and multiscale.{md,json,png} go.
+    members: consecutive seeds train as the members of one run per scale
+      (``train.num_members``), each reported as its own seed; False = one run
+      per seed.
 
   Returns:
     {"runs": [per run], "scales": {scale: means / stds over seeds},
@@ -226,19 +262,32 @@ def run_multiscale(configs: Mapping[str, ml_collections.ConfigDict],
   runs = []
   datasets: dict[str, Any] = {}
   base = None
-  for scale, seed in _progress([(s, k) for s in scales for k in seeds], "multiscale"):
+  # Consecutive seeds train as the members of one run per scale (one compiled
+  # epoch for all of them); other seed lists, or a config that already sets
+  # train.num_members, train one run per seed.
+  seeds = [int(k) for k in seeds]
+  together = members and consecutive(seeds) and all(
+      members_lib.num_members(configs[s]) == 1 for s in scales)
+  jobs = [(s, seeds) for s in scales] if together else [(s, [k]) for s in scales for k in seeds]
+  for scale, group in _progress(jobs, "multiscale"):
     config = configs[scale].copy_and_resolve_references()
-    config.seed = int(seed)
+    config.seed = group[0]
+    if together:
+      config.train.num_members = len(group)
     if base is None:
       base = config
     if scale not in datasets:
       datasets = {scale: dataset_lib.build_dataset(config.data)}   # one scale in memory
     ds = datasets[scale]
-    workdir = os.path.join(root, f"{scale}_seed{seed}")
-    logging.info("multiscale: %s seed %d (%d sequences) in %s", scale, seed, len(ds.y), workdir)
+    name = f"seed{group[0]}" if len(group) == 1 else f"seeds{group[0]}-{group[-1]}"
+    workdir = os.path.join(root, f"{scale}_{name}")
+    logging.info("multiscale: %s seeds %s (%d sequences) in %s", scale, group, len(ds.y),
+                 workdir)
     results = train_or_reuse(config, workdir, ds)
-    runs.append({"scale": scale, "seed": int(seed), "workdir": workdir,
-                 **run_summary(results, ds)})
+    per_seed = member_results(results) if together else [dict(results, seed=group[0])]
+    for r in per_seed:
+      runs.append({"scale": scale, "seed": r["seed"], "workdir": workdir,
+                   **run_summary(r, ds)})
 
   per_scale = {}
   for scale in scales:

@@ -37,6 +37,7 @@ from ml_collections import config_flags
 import numpy as np
 
 from cardiac_jax import baselines as baselines_lib
+from cardiac_jax import experiments as experiments_lib
 from cardiac_jax import fileio
 from cardiac_jax import report as report_lib
 from cardiac_jax import train as train_lib
@@ -107,24 +108,16 @@ def benchmark_horizon(config, horizon: float, seeds: Sequence[int], root: str) -
 
 
 def _member_runs(r: dict[str, Any], config, workdir: str) -> list[dict[str, Any]]:
-  """A K-member run as K single-seed rows: member k trained exactly as a run with
-  seed ``seed + k`` would (tests/test_members.py), so its numbers are that run's.
-  Times are the shared run's, split evenly."""
-  m = r["members"]
+  """A K-member run as K single-seed rows (``experiments.member_results``)."""
   rows = []
-  for k, seed in enumerate(m["seeds"]):
-    res = {"test_acc": m["test_acc"][k], "val_acc": m["val_acc"][k],
-           "train_acc": m["train_acc"][k], "macro_f1": m["test_macro_f1"][k],
-           "fate_pair_acc": m["test_fate_pair_acc"][k], "acc_gap": m["acc_gap"][k],
-           "best_epoch": m["best_epoch"][k], "epochs_run": r["epochs_run"],
-           "wall_seconds": r["wall_seconds"] / len(m["seeds"]),
-           "train_seconds": r["train_seconds"] / len(m["seeds"]),
-           "val_test_diff": abs(m["val_acc"][k] - m["test_acc"][k])}
+  for m in experiments_lib.member_results(r):
+    res = {k: m[k] for k in _MODEL_KEYS if k in m}
+    res["val_test_diff"] = abs(m["val_acc"] - m["test_acc"])
     crit = report_lib.success_criteria(res, config.monitor)
     res.pop("val_test_diff")
-    res.update(seed=int(seed), workdir=workdir, member_of=int(r["members"]["seeds"][0]),
+    res.update(seed=m["seed"], workdir=workdir, member_of=m["member_of"],
                criteria={c: v["passed"] for c, v in crit.items()},
-               at_best_epoch=_schedule_values(workdir, m["best_epoch"][k]))
+               at_best_epoch=_schedule_values(workdir, m["best_epoch"]))
     rows.append(res)
   return rows
 

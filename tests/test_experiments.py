@@ -236,3 +236,24 @@ def test_early_fate_curve(studies):
 def test_early_fate_rejects_bad_fractions(tmp_path, fractions):
   with pytest.raises(ValueError, match="fractions"):
     experiments.run_early_fate(config_lib.preset("debug", "quick"), str(tmp_path), fractions)
+
+
+def test_multiscale_trains_consecutive_seeds_as_members_of_one_run(tmp_path):
+  """--seeds=0,1: one compiled run of two members per scale, one table row per seed."""
+  ms = experiments.run_multiscale({"scale1": quick_one_epoch("scale1")}, (0, 1),
+                                  workdir_root=str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ["multiscale.json", "multiscale.md", "multiscale.png",
+                                          "scale1_seeds0-1"]
+  report = json.loads((tmp_path / "scale1_seeds0-1" / "report.json").read_text())
+  assert report["members"]["seeds"] == [0, 1]
+  assert [r["seed"] for r in ms["runs"]] == [0, 1]
+  assert [r["test_acc"] for r in ms["runs"]] == report["members"]["test_acc"]
+  assert [r["best_epoch"] for r in ms["runs"]] == report["members"]["best_epoch"]
+  assert all(r["cm_cf_acc"] is None or 0 <= r["cm_cf_acc"] <= 1 for r in ms["runs"])
+  assert ms["scales"]["scale1"]["seeds"] == [0, 1]
+
+
+def test_only_consecutive_seeds_are_members_of_one_run():
+  assert experiments.consecutive([0, 1, 2]) and experiments.consecutive([5, 6])
+  assert not experiments.consecutive([0]) and not experiments.consecutive([0, 2])
+  assert not experiments.consecutive([2, 1])
