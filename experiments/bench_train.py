@@ -8,6 +8,7 @@
   python experiments/bench_train.py --config=configs/scale1.py --skip_data --dtypes=float32,bfloat16
   python experiments/bench_train.py --config=configs/scale1.py --skip_data --members=1,3 \
       --member_axes=vmap,map
+  python experiments/bench_train.py --config=configs/scale3.py --skip_data --profile_dir=/tmp/prof
 
 ``--members`` times ``train.num_members = K`` (K models in one epoch call,
 vmapped or mapped as ``--member_axes`` says) for each K, and ``--dtypes`` each
@@ -24,7 +25,11 @@ loop body once) and are cross-checked against an analytic count of the matmuls.
 The achieved rate is reported as a fraction of a float matmul rate measured in
 the same process (best of several n x n products in the compute dtype), and as
 MFU against ``--peak_tflops`` when given (GPUs: the datasheet dense peak).
-Timings are best-of ``--repeats``: on a shared machine the best run is the one
+``--profile_dir`` traces one more epoch call and joins the trace with the
+optimized HLO (``hlo_profile.py``): own time per thunk, split into matmuls (a dot,
+alone or fused), elementwise/reduction fusions and copies, with the rate the
+matmul thunks themselves reach, and the time per model part (forward/backward,
+layer). Timings are best-of ``--repeats``: on a shared machine the best run is the one
 least disturbed by other processes; the load average is recorded alongside.
 """
 from __future__ import annotations
@@ -67,6 +72,8 @@ _PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for MFU (0 =
 _MATMUL_N = flags.DEFINE_integer("matmul_size", 2048, "n of the n x n reference matmul.")
 _MEMBERS = flags.DEFINE_list("members", [], "Also time train.num_members = K for each K.")
 _DTYPES = flags.DEFINE_list("dtypes", [], "Also time these model.dtype values (x --members).")
+_PROFILE = flags.DEFINE_string("profile_dir", "", "Also trace one epoch call here and break "
+                                "its time down by HLO thunk (experiments/hlo_profile.py).")
 _AXES = flags.DEFINE_list("member_axes", [], "train.member_axis values for K > 1 (vmap, map); "
                           "[] = the config's.")
 
@@ -194,6 +201,26 @@ def bench_training(run: train.Run, steps: int, repeats: int) -> dict[str, Any]:
   }
 
 
+def profile_training(run: train.Run, steps: int, log_dir: str,
+                     reference_gflops: float) -> dict[str, Any]:
+  """One traced epoch call of ``steps`` steps: own time per HLO thunk, matmul vs rest."""
+  import hlo_profile  # pylint: disable=g-import-not-at-top  (experiments/, beside this file)
+  state = parallel.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
+  idx = parallel.place_batches(_epoch_indices(run, steps), batch_axis=1)
+  compiled = run.fns.train_epoch.lower(state, run.data, idx, run.train_rng).compile()
+  state, sums = compiled(state, run.data, idx, run.train_rng)   # warm
+  jax.block_until_ready(sums)
+  t0 = time.perf_counter()
+  with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+    state, sums = compiled(state, run.data, idx, run.train_rng)
+    jax.block_until_ready(sums)
+  wall = time.perf_counter() - t0
+  out = hlo_profile.breakdown(compiled.as_text(), hlo_profile.load_trace(log_dir), steps,
+                              reference_gflops)
+  out["traced_wall_ms_per_step"] = 1e3 * wall / steps
+  return out
+
+
 def bench_variants(variants: dict[str, Any], ds: Any, steps: int, repeats: int,
                    flops_per_step: float) -> dict[str, dict[str, Any]]:
   """Epoch calls of each config variant (its K members, member axis, dtype), timed
@@ -291,6 +318,7 @@ def main(argv):
                        tr["flops_per_step_xla"]) if ks or dtypes else {}
   mm = max(mm_before, matmul_gflops(_MATMUL_N.value, dtype))
   tr["fraction_of_matmul"] = tr["gflops_per_s"] / mm
+  prof = profile_training(run, _STEPS.value, _PROFILE.value, mm) if _PROFILE.value else None
   # Each variant against the matmul rate of its own compute dtype.
   mm_by_dtype = {jnp.dtype(dtype).name: mm}
   for v in mem.values():
@@ -310,7 +338,7 @@ def main(argv):
              "dtype": jnp.dtype(dtype).name,
              "params": models.count_params(parallel.place(run.fns.init(
                  run.init_rng, run.data["x"][:1], run.data["mask"][:1])).params)},
-      train=tr, eval=ev, data_pipeline=data_result, variants=mem,
+      train=tr, eval=ev, data_pipeline=data_result, variants=mem, profile=prof,
       matmul={"n": _MATMUL_N.value, "dtype": jnp.dtype(dtype).name, "gflops_per_s": mm,
               "by_dtype": mm_by_dtype},
       peak_tflops=_PEAK.value or None,
@@ -351,6 +379,16 @@ def main(argv):
       print(f"{label:<18}{v['seq_per_s']:>12.1f}{v['vs_first']:>9.2f}"
             f"{v['step_ms_per_member']:>16.2f}{100 * v['fraction_of_matmul']:>10.1f}")
     print("matmul by dtype: " + ", ".join(f"{d} {g:.1f} GFLOP/s" for d, g in mm_by_dtype.items()))
+  if prof:
+    print(f"\nprofile of one epoch call ({prof['traced_wall_ms_per_step']:.1f} ms/step wall "
+          f"traced; thunk own time {prof['thunk_ms_per_step']:.1f} ms/step, threads add up)")
+    for cat, c in sorted(prof["categories"].items(), key=lambda kv: -kv[1]["ms"]):
+      print(f"  {cat:<34}{c['ms']:>8.2f} ms {100 * c['share']:>5.1f}%  {c['thunks']:>4} thunks")
+    if prof["matmul_gflops"]:
+      print(f"  matmul thunks run at {prof['matmul_gflops']:.1f} GFLOP/s = "
+            f"{100 * prof['matmul_fraction_of_reference']:.1f}% of the reference matmul")
+    for p in prof["parts"][:8]:
+      print(f"  {p['part']:<34}{p['ms']:>8.2f} ms {100 * p['share']:>5.1f}%")
   if data_result:
     print(f"\n{'data stage':<18}{'seconds':>10}{'peak RSS MB':>14}")
     for name, v in data_result["stages"].items():
