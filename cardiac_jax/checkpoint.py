@@ -24,6 +24,8 @@ import shutil
 from typing import Any, Iterable
 
 from absl import logging
+import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from cardiac_jax import fileio
@@ -135,18 +137,21 @@ class Checkpointer:
 
   def _set_aside(self, manager: ocp.CheckpointManager, steps: Iterable[int]) -> None:
     steps = list(steps)
-    if not steps or not fileio.is_primary():
+    if not steps:
       return
-    aside = os.path.join(self.root, "corrupt", os.path.basename(str(manager.directory)))
-    os.makedirs(aside, exist_ok=True)
-    for step in steps:
-      src = os.path.join(str(manager.directory), str(step))
-      dst = os.path.join(aside, str(step))
-      if os.path.exists(dst):
-        shutil.rmtree(dst)
-      logging.warning("Moving checkpoint %s aside to %s (it is newer than the resume "
-                      "point and will be written again).", src, dst)
-      shutil.move(src, dst)
+    if fileio.is_primary():   # one process moves; every process then re-reads the folder
+      aside = os.path.join(self.root, "corrupt", os.path.basename(str(manager.directory)))
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        src = os.path.join(str(manager.directory), str(step))
+        dst = os.path.join(aside, str(step))
+        if os.path.exists(dst):
+          shutil.rmtree(dst)
+        logging.warning("Moving checkpoint %s aside to %s (it is newer than the resume "
+                        "point and will be written again).", src, dst)
+        shutil.move(src, dst)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("cardiac_jax_set_aside")
     manager.reload()
 
   def latest_epoch(self) -> int | None:

@@ -123,6 +123,8 @@ def base_config() -> ml_collections.ConfigDict:
   train.ramp_epochs = 20.0                     # 0 = the ramps span num_epochs
   # Evaluate (and export) an exponential moving average of the weights over about
   # this many epochs instead of the last step's weights; 0 = off (optim.track_average).
+  # The steps are unchanged; validation scores, early stopping and the best
+  # checkpoint then follow the average.
   train.average_epochs = 0.0
   # Weights of the sequence branch tried on validation after training (cell head
   # models; evaluation.select_branch_gate). () = keep the trained sum.

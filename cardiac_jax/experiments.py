@@ -132,7 +132,8 @@ def member_results(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
   Member k trains exactly as a run with seed ``seed + k`` would
   (tests/test_members.py), so its numbers stand in for that run's; the run's
-  wall and training seconds are split evenly between the members.
+  wall and training seconds are split evenly between the members, and
+  ``epochs_run`` is the run's (its last member's stop), not each member's.
   """
   m = results["members"]
   k_all = len(m["seeds"])
@@ -236,7 +237,7 @@ def best_scale(per_scale: Mapping[str, Mapping[str, Any]]) -> str:
 def run_multiscale(configs: Mapping[str, ml_collections.ConfigDict],
                    seeds: Sequence[int] = (0,), *, workdir_root: str,
                    members: bool = True) -> dict[str, Any]:
-  """Trains each scale's config for each seed in ``<root>/<scale>_seed<k>`` and compares.
+  """Trains each scale's config for each seed (members of one run, or a run each) and compares.
 
   Args:
     configs: {scale name: its config}, in table order, e.g.
@@ -246,8 +247,9 @@ def run_multiscale(configs: Mapping[str, ml_collections.ConfigDict],
     seeds: training seeds (config.seed); the data and splits do not change.
     workdir_root: where the runs and multiscale.{md,json,png} go.
     members: consecutive seeds train as the members of one run per scale
-      (``train.num_members``), each reported as its own seed; False = one run
-      per seed.
+      (``train.num_members``, in ``<root>/<scale>_seeds<a>-<b>``), each
+      reported as its own seed; False, or a root that already holds
+      ``<scale>_seed<k>`` runs, = one run per seed.
 
   Returns:
     {"runs": [per run], "scales": {scale: means / stds over seeds},
@@ -266,8 +268,10 @@ def run_multiscale(configs: Mapping[str, ml_collections.ConfigDict],
   # epoch for all of them); other seed lists, or a config that already sets
   # train.num_members, train one run per seed.
   seeds = [int(k) for k in seeds]
-  together = members and consecutive(seeds) and all(
-      members_lib.num_members(configs[s]) == 1 for s in scales)
+  together = (members and consecutive(seeds)
+              and all(members_lib.num_members(configs[s]) == 1 for s in scales)
+              and not any(os.path.isdir(os.path.join(root, f"{s}_seed{k}"))
+                          for s in scales for k in seeds))   # a study begun run by run
   jobs = [(s, seeds) for s in scales] if together else [(s, [k]) for s in scales for k in seeds]
   for scale, group in _progress(jobs, "multiscale"):
     config = configs[scale].copy_and_resolve_references()

@@ -124,6 +124,8 @@ def export_model(run: Any, state: Any, workdir: str | os.PathLike, *,
   reader sees the previous export or the new one, never half of one.
   """
   from cardiac_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+  if not fileio.is_primary():   # process 0 of a multi-process run writes it
+    return pathlib.Path(workdir) / MODEL_DIR
   config, meta = run.config, dict(getattr(run.dataset, "meta", {}) or {})
   if preprocessor is None:
     path = preprocessor_path(config.data)
@@ -173,8 +175,6 @@ def export_model(run: Any, state: Any, workdir: str | os.PathLike, *,
   }
   info["hash"] = _content_hash(files, info)
   target = pathlib.Path(workdir) / MODEL_DIR
-  if not fileio.is_primary():
-    return target
   tmp = target.with_name(f".{MODEL_DIR}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
   old = target.with_name(f".{MODEL_DIR}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old")
   try:

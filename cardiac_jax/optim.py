@@ -95,10 +95,12 @@ class AverageState(NamedTuple):
 def track_average(decay: optax.Schedule) -> optax.GradientTransformation:
   """Keeps an exponential moving average of the parameters after each update.
 
-  The updates pass through unchanged, so training follows exactly the
-  trajectory it would without the average; evaluation reads the average
-  (``eval_params``). Living in the optimizer state, it is checkpointed,
-  resumed and vmapped over ensemble members with everything else.
+  The updates pass through unchanged, so every step is the step it would be
+  without the average; evaluation reads the average (``eval_params``), so the
+  per-epoch validation scores, early stopping and the best checkpoint follow
+  it. It is paired with the trained weights' BatchNorm running statistics
+  (not recomputed for the average). Living in the optimizer state, it is
+  checkpointed, resumed and vmapped over ensemble members with the rest.
   """
   def init(params):
     return AverageState(count=jnp.zeros((), jnp.int32),
@@ -116,11 +118,19 @@ def track_average(decay: optax.Schedule) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
+def _keeps_average(opt_state: Any) -> bool:
+  return isinstance(opt_state, tuple) and bool(opt_state) and isinstance(opt_state[-1],
+                                                                         AverageState)
+
+
 def eval_params(params: Any, opt_state: Any) -> Any:
   """The weights to evaluate: the parameter average when the chain keeps one."""
-  if isinstance(opt_state, tuple) and opt_state and isinstance(opt_state[-1], AverageState):
-    return opt_state[-1].average
-  return params
+  return opt_state[-1].average if _keeps_average(opt_state) else params
+
+
+def without_average(opt_state: Any) -> Any:
+  """The chain's state minus the average, so ``eval_params`` gives the trained weights."""
+  return opt_state[:-1] if _keeps_average(opt_state) else opt_state
 
 
 def kernel_mask(params: Any) -> Any:

@@ -136,7 +136,7 @@ def fetch(tree: Any) -> Any:
   process this is plain ``device_get``.
   """
   def one(x):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return jax.device_get(x)
   return jax.tree.map(one, tree)

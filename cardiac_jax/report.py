@@ -51,7 +51,8 @@ def truncate_metrics(path: str, last_epoch: int) -> list[dict[str, Any]]:
 
 
 def append_metrics(path: str, record: dict[str, Any]) -> None:
-  """Appends one epoch's record, flushed, so a crash loses at most that epoch."""
+  """Appends one epoch's record, flushed, so a crash loses at most that epoch (on the
+  primary process only, ``fileio.is_primary``)."""
   if not fileio.is_primary():
     return
   with open(path, "a") as f:

@@ -46,7 +46,7 @@ def main(argv):
   run, state, meta = inference.restore_best(config, _WORKDIR.value, dataset=ds)
   if optim.eval_params(state.params, state.opt_state) is state.params:
     raise app.UsageError("this run keeps no parameter average (train.average_epochs=0).")
-  raw = state.replace(opt_state=state.opt_state[:-1])   # the chain without the average
+  raw = state.replace(opt_state=optim.without_average(state.opt_state))
   result = {"workdir": _WORKDIR.value, "best_epoch": meta["epoch"],
             "average": _scores(run, state), "trained_weights": _scores(run, raw)}
   print(json.dumps(result, indent=1))

@@ -37,6 +37,7 @@ def parse_hlo(text: str) -> dict[str, dict[str, Any]]:
   out: dict[str, dict[str, Any]] = {}
   comp = None
   for line in text.splitlines():
+    line = re.sub(r"/\*.*?\*/", "", line)   # /*index=5*/ inside long tuples has an "="
     if not line.startswith(" "):
       m = _COMP.match(line)
       comp = m.group(1) if m and line.rstrip().endswith("{") else comp
@@ -89,7 +90,7 @@ def thunk_table(instrs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
   def own_flops(name: str) -> float:
     ins = instrs[name]
-    if ins["op"] == "while":   # its body's thunks are traced on their own
+    if ins["op"] in ("while", "call", "conditional"):   # their thunks are traced on their own
       return 0.0
     return dot_flops(ins, instrs) + sum(comp_flops(c) for c in ins["calls"])
 
