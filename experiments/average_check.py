@@ -19,6 +19,7 @@ import json
 from absl import app
 from absl import flags
 from ml_collections import config_flags
+import numpy as np
 
 from cardiac_jax import evaluation
 from cardiac_jax import inference
@@ -49,7 +50,14 @@ def main(argv):
   raw = state.replace(opt_state=optim.without_average(state.opt_state))
   result = {"workdir": _WORKDIR.value, "best_epoch": meta["epoch"],
             "average": _scores(run, state), "trained_weights": _scores(run, raw)}
-  print(json.dumps(result, indent=1))
+  for split in ("val", "test"):
+    avg, raw = (float(np.mean(result[v][f"{split}_acc"])) for v in ("average", "trained_weights"))
+    result[f"{split}_gain"] = avg - raw
+  print(json.dumps(result))
+  print(f"members' mean: val {np.mean(result['average']['val_acc']):.4f} (average) vs "
+        f"{np.mean(result['trained_weights']['val_acc']):.4f} (trained weights), "
+        f"gain {result['val_gain']:+.4f}; test {np.mean(result['average']['test_acc']):.4f} vs "
+        f"{np.mean(result['trained_weights']['test_acc']):.4f}, gain {result['test_gain']:+.4f}")
 
 
 if __name__ == "__main__":
