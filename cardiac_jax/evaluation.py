@@ -161,7 +161,6 @@ def _members_summary(run: Any, per_member: dict[str, list[dict[str, Any]]],
     out[f"{name}_acc"] = acc
     out[f"{name}_acc_mean"] = float(np.mean(acc))
     out[f"{name}_acc_std"] = float(np.std(acc))
-  for name, evs in per_member.items():
     out[f"{name}_loss"] = [e["loss"] for e in evs]
   gaps = [tr["acc"] - va["acc"] for tr, va in zip(per_member["train"], per_member["val"])]
   out["acc_gap"], out["acc_gap_mean"] = gaps, float(np.mean(gaps))

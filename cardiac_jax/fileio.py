@@ -79,8 +79,7 @@ def save_figure(fig: Any, path: PathLike, dpi: int = 110) -> pathlib.Path:
   created is closed so that loops of plots do not accumulate open figures.
   """
   buf = io.BytesIO()
-  if is_primary():
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+  fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
   pyplot = sys.modules.get("matplotlib.pyplot")
   if pyplot is not None:
     pyplot.close(fig)     # a no-op for figures pyplot does not manage

@@ -110,9 +110,7 @@ def track_average(decay: optax.Schedule) -> optax.GradientTransformation:
     if params is None:
       raise ValueError("track_average needs the parameters: call update(g, s, params)")
     new = optax.apply_updates(params, updates)
-    d = decay(state.count)
-    average = jax.tree.map(lambda a, p: (d * a + (1.0 - d) * p).astype(a.dtype),
-                           state.average, new)
+    average = optax.incremental_update(new, state.average, 1.0 - decay(state.count))
     return updates, AverageState(count=state.count + 1, average=average)
 
   return optax.GradientTransformation(init, update)
