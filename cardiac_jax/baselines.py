@@ -220,9 +220,10 @@ def _full_probs(clf: Any, proba: np.ndarray, n_classes: int) -> np.ndarray:
 
 
 def _predictions(clf: Any, xs: dict[str, np.ndarray], n_classes: int) -> dict[str, np.ndarray]:
-  """Predicted labels per split, and the test split's probabilities under "test_probs"."""
+  """Predicted labels per split, and the val / test probabilities ("val_probs", "test_probs")."""
   pred = {s: clf.predict(xs[s]) for s in SPLITS}
-  pred["test_probs"] = _full_probs(clf, clf.predict_proba(xs["test"]), n_classes)
+  for s in ("val", "test"):
+    pred[f"{s}_probs"] = _full_probs(clf, clf.predict_proba(xs[s]), n_classes)
   return pred
 
 
@@ -273,10 +274,11 @@ def _hgb(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray],
         pred[s] = p
         break
   n_classes = _num_classes(ys)
-  for i, p in enumerate(clf.staged_predict_proba(xs["test"])):
-    if i == best:
-      pred["test_probs"] = _full_probs(clf, p, n_classes)
-      break
+  for s in ("val", "test"):
+    for i, p in enumerate(clf.staged_predict_proba(xs[s])):
+      if i == best:
+        pred[f"{s}_probs"] = _full_probs(clf, p, n_classes)
+        break
   return {"n_iter": best + 1}, pred
 
 
@@ -311,6 +313,23 @@ def run_baselines(dataset: Any, names: Sequence[str] = BASELINES, seed: int = 0,
     raise ValueError(f"unknown baselines {unknown}; choose from {BASELINES}.")
   with threadpoolctl.threadpool_limits(max_threads):
     return _run_baselines(dataset, names, seed, tuple(fate_classes))
+
+
+def baseline_probs(dataset: Any, name: str, seed: int = 0) -> tuple[dict[str, Any],
+                                                                     dict[str, np.ndarray]]:
+  """One feature-based baseline, fitted as ``run_baselines`` fits it: its selected
+  hyperparameter and its class probabilities on "val" and "test" (for checks that
+  combine it with a model on the same splits, e.g. experiments/refit_check.py)."""
+  if name not in _FITTERS:
+    raise ValueError(f"baseline {name!r} has no probabilities; choose from {sorted(_FITTERS)}.")
+  rows = _split_rows(dataset.split)
+  y = np.asarray(dataset.y)
+  feat_name, fitter = _FITTERS[name]
+  day_col = day_column(dataset) if feat_name == "day" else None
+  xs = _standardise(feature_sets(dataset.x, dataset.mask, day_col)[feat_name], rows)
+  with threadpoolctl.threadpool_limits(MAX_THREADS):
+    selected, pred = fitter(xs, {s: y[r] for s, r in rows.items()}, seed)
+  return selected, {s: pred[f"{s}_probs"] for s in ("val", "test")}
 
 
 def _run_baselines(dataset: Any, names: Sequence[str], seed: int,

@@ -177,3 +177,19 @@ def test_best_on_val_skips_majority_and_unknown_names_raise():
   assert baselines.best_on_val(res) == "b"
   with pytest.raises(ValueError, match="unknown baselines"):
     baselines.run_baselines(_order_only(n=60), names=("ridge",))
+
+
+def test_baseline_probs_are_the_fitted_baselines():
+  """Same fit as run_baselines: its val / test argmax give the reported accuracies."""
+  ds = _order_only()
+  reported = baselines.run_baselines(ds, names=("logreg_last", "hgb_summary"))
+  y, split = np.asarray(ds.y), np.asarray(ds.split)
+  for name in ("logreg_last", "hgb_summary"):
+    selected, probs = baselines.baseline_probs(ds, name)
+    assert selected == reported[name]["selected"]
+    for s, sid in (("val", 1), ("test", 2)):
+      np.testing.assert_allclose(probs[s].sum(axis=1), 1.0, rtol=1e-5)
+      acc = float(np.mean(probs[s].argmax(axis=1) == y[split == sid]))
+      assert acc == pytest.approx(reported[name][f"{s}_acc"])
+  with pytest.raises(ValueError, match="no probabilities"):
+    baselines.baseline_probs(ds, "majority")

@@ -7,6 +7,7 @@ import pytest
 from scipy import spatial
 
 from cardiac_jax import config_lib
+from cardiac_jax import fileio
 from cardiac_jax import progress as progress_lib
 from cardiac_jax.data import dataset as dataset_lib
 from cardiac_jax.data import errors
@@ -316,7 +317,7 @@ def test_too_few_cells_raise_a_clear_error(tmp_path):
     dataset_lib.build_dataset(cfg, cache=False)
 
 
-def test_corrupt_cache_is_rebuilt_and_save_load_roundtrip(tmp_path, caplog):
+def test_corrupt_cache_is_rebuilt_and_save_load_roundtrip(tmp_path, caplog, monkeypatch):
   cfg = _tiny(tmp_path)
   ds = dataset_lib.build_dataset(cfg)
   ds_path, _ = dataset_lib.cache_paths(cfg)
@@ -334,7 +335,10 @@ def test_corrupt_cache_is_rebuilt_and_save_load_roundtrip(tmp_path, caplog):
   np.testing.assert_array_equal(back.part("val").y, ds.part("val").y)
   with pytest.raises(ValueError, match="unknown split"):
     ds.part("validation")
-
+  # A non-primary process of a multi-process run writes no cache (process 0 does).
+  monkeypatch.setattr(fileio, "is_primary", lambda: False)
+  assert not ds.save(tmp_path / "other.npz").exists()
+  assert not list(tmp_path.glob(".other.npz.*"))
 
 
 def test_group_by_donor_holds_out_whole_lines(tmp_path):

@@ -41,6 +41,19 @@ _TRAIN = textwrap.dedent("""
     from cardiac_jax import report, train
     config = tiny_config(num_epochs=2, batch_size=16)
     config.model.norm = "batch"
+    if {interrupt!r}:   # stop in epoch 2, as Ctrl-C would: epoch 1's checkpoint stays
+      real_run_epoch = train._run_epoch
+      def interrupted(run, state, epoch):
+        out = real_run_epoch(run, state, epoch)
+        if epoch == 2:
+          raise KeyboardInterrupt
+        return out
+      train._run_epoch = interrupted
+      try:
+        train.train_and_evaluate(config, {workdir!r}, dataset=synthetic_dataset())
+      except KeyboardInterrupt:
+        print("RESULT" + json.dumps({{"interrupted": True}}))
+        sys.exit(0)
     out = train.train_and_evaluate(config, {workdir!r}, dataset=synthetic_dataset())
     records = report.read_metrics({workdir!r} + "/metrics.jsonl")
     from cardiac_jax import checkpoint
@@ -91,6 +104,11 @@ def _result(stdout: str) -> dict:
   return json.loads(line[len("RESULT"):])
 
 
+def _train_script(workdir, interrupt: bool = False) -> str:
+  return _TRAIN.format(tests=os.path.dirname(os.path.abspath(__file__)), workdir=str(workdir),
+                       interrupt=interrupt)
+
+
 def _run(script: str, devices: int) -> dict:
   proc = subprocess.run([sys.executable, "-c", script], env=_env(devices),
                         capture_output=True, text=True, timeout=240)
@@ -125,11 +143,9 @@ def _run_processes(script: str, processes: int, devices: int) -> list[dict]:
 
 
 def test_four_devices_train_like_one(tmp_path):
-  tests = os.path.dirname(os.path.abspath(__file__))
   results = {}
   for devices in (1, 4):
-    script = _TRAIN.format(tests=tests, workdir=str(tmp_path / f"d{devices}"))
-    results[devices] = _run(script, devices)
+    results[devices] = _run(_train_script(tmp_path / f"d{devices}"), devices)
     assert results[devices]["devices"] == devices
   one, four = results[1], results[4]
   assert len(one["train_loss_running"]) == 2
@@ -143,7 +159,14 @@ def test_four_devices_train_like_one(tmp_path):
     np.testing.assert_allclose(p4[k], p1[k], atol=PARAM_ATOL, err_msg=k)
 
 
-def test_two_processes_train_like_one(tmp_path):
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+  """A 2-epoch run of two jax.distributed processes (2 CPU devices each)."""
+  workdir = tmp_path_factory.mktemp("two")
+  return workdir, _run_processes(_train_script(workdir), 2, 2)
+
+
+def test_two_processes_train_like_one(tmp_path, two_processes):
   """Two jax.distributed processes of 2 devices each = one process of 4 devices.
 
   Same mesh, same global batches: the per-epoch metrics agree to float
@@ -151,9 +174,8 @@ def test_two_processes_train_like_one(tmp_path):
   with the same parameters, and only the first process writes the workdir's
   files (one metrics record per epoch, not two).
   """
-  tests = os.path.dirname(os.path.abspath(__file__))
-  one = _run(_TRAIN.format(tests=tests, workdir=str(tmp_path / "one")), 4)
-  two = _run_processes(_TRAIN.format(tests=tests, workdir=str(tmp_path / "two")), 2, 2)
+  one = _run(_train_script(tmp_path / "one"), 4)
+  two_dir, two = two_processes
   assert [r["processes"] for r in two] == [2, 2]
   assert [r["devices"] for r in two] == [4, 4] and one["devices"] == 4
   for r in two:
@@ -163,13 +185,33 @@ def test_two_processes_train_like_one(tmp_path):
     np.testing.assert_allclose(r["val_loss"], one["val_loss"], rtol=EVAL_LOSS_RTOL)
     assert r["test_acc"] == pytest.approx(one["test_acc"], abs=0.02)
   p_one = np.load(tmp_path / "one" / "params0.npz")
-  p_two = [np.load(tmp_path / "two" / f"params{i}.npz") for i in (0, 1)]
+  p_two = [np.load(two_dir / f"params{i}.npz") for i in (0, 1)]
   for k in p_one.files:
     np.testing.assert_array_equal(p_two[0][k], p_two[1][k], err_msg=k)
     if not k.endswith(GRADIENT_FREE):
       np.testing.assert_allclose(p_two[0][k], p_one[k], atol=PARAM_ATOL, err_msg=k)
-  with open(tmp_path / "two" / "metrics.jsonl") as f:
+  with open(two_dir / "metrics.jsonl") as f:
     assert len(f.read().splitlines()) == 2
+
+
+def test_two_processes_resume_where_they_stopped(tmp_path, two_processes):
+  """Both processes stopped in epoch 2, then restarted: the run ends as the
+  uninterrupted two-process run does (same records, no duplicates, same weights)."""
+  stopped = _run_processes(_train_script(tmp_path, interrupt=True), 2, 2)
+  assert stopped == [{"interrupted": True}] * 2
+  with open(tmp_path / "metrics.jsonl") as f:
+    assert len(f.read().splitlines()) == 1           # epoch 1 only
+  resumed = _run_processes(_train_script(tmp_path), 2, 2)
+  two_dir, two = two_processes
+  for r, s in zip(resumed, two):
+    assert r["records"] == 2
+    np.testing.assert_allclose(r["train_loss_running"], s["train_loss_running"], rtol=1e-6)
+    np.testing.assert_allclose(r["val_loss"], s["val_loss"], rtol=1e-6)
+    assert r["test_acc"] == s["test_acc"]
+  for i in (0, 1):
+    a, b = np.load(tmp_path / f"params{i}.npz"), np.load(two_dir / f"params{i}.npz")
+    for k in a.files:
+      np.testing.assert_allclose(a[k], b[k], atol=1e-6, err_msg=k)
 
 
 def test_batch_norm_statistics_are_global():

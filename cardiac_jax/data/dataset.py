@@ -103,8 +103,11 @@ class SequenceDataset:
     return dataclasses.replace(self, **{k: getattr(self, k)[keep] for k in _ARRAYS})
 
   def save(self, path: str | os.PathLike) -> pathlib.Path:
-    """Writes an npz (no pickle) atomically (``fileio.atomic_path``)."""
+    """Writes an npz (no pickle) atomically (``fileio.atomic_path``); like every
+    workdir and cache write, only on the primary process of a multi-process run."""
     path = pathlib.Path(path)
+    if not fileio.is_primary():
+      return path
     arrays = {k: getattr(self, k) for k in _ARRAYS}
     arrays["class_names"] = np.asarray(self.class_names, dtype=np.str_)
     arrays["meta"] = np.asarray(json.dumps(self.meta, sort_keys=True))
