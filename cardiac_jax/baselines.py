@@ -227,11 +227,12 @@ def _predictions(clf: Any, xs: dict[str, np.ndarray], n_classes: int) -> dict[st
   return pred
 
 
-def _logreg(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray],
-            seed: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _logreg(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray], seed: int,
+            class_weight: str | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   n_classes = _num_classes(ys)
   def fit_predict(c):
-    clf = linear_model.LogisticRegression(C=c, max_iter=1000, random_state=seed)
+    clf = linear_model.LogisticRegression(C=c, max_iter=1000, random_state=seed,
+                                          class_weight=class_weight)
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", sk_exceptions.ConvergenceWarning)
       clf.fit(xs["train"], ys["train"])

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from absl import logging
 import anndata
@@ -74,6 +74,7 @@ _DAY_COMPOSITION = np.array([
 ])
 _T_MAX = 4.5              # latent coordinate of the most mature terminal cells
 _CM_FRACTION = 0.32       # CM among terminal cells overall (21.4K CM vs 44.6K CF)
+ASYNCHRONY = 0.3          # sd of the transcriptome's position around the annotated one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,25 +232,30 @@ def _composition(n_cells: int, rng: np.random.Generator) -> tuple[np.ndarray, np
   return day, np.minimum(stage, _DAY_COMPOSITION.shape[1] - 1)
 
 
-def _latent_trajectory(day: np.ndarray, stage: np.ndarray,
-                       rng: np.random.Generator) -> np.ndarray:
-  """Continuous coordinate t = stage + offset; later days sit later within a stage.
+def _offset_shape(day: np.ndarray, stage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Beta(a, b) shape of a cell's offset within its stage (sampling and ``label_ceiling``).
 
-  The offset is Beta-distributed on [-0.5, 0.5] and skewed by the day's relative position
-  among the days on which the stage occurs, so e.g. day1 MES is less advanced than day3.
+  Skewed by the day's relative position among the days on which the stage occurs,
+  so e.g. day1 MES is less advanced than day3.
   """
   present = _DAY_COMPOSITION > 0                     # (days, stages)
   first = np.argmax(present, axis=0)
   last = present.shape[0] - 1 - np.argmax(present[::-1], axis=0)
   span = np.maximum(last - first, 1)
   r = np.clip((day - first[stage]) / span[stage], 0.0, 1.0)
-  offset = rng.beta(1.2 + 1.5 * r, 1.2 + 1.5 * (1.0 - r)) - 0.5
+  return 1.2 + 1.5 * r, 1.2 + 1.5 * (1.0 - r)
+
+
+def _latent_trajectory(day: np.ndarray, stage: np.ndarray,
+                       rng: np.random.Generator) -> np.ndarray:
+  """Continuous coordinate t = stage + offset, the offset Beta-distributed on [-0.5, 0.5]."""
+  offset = rng.beta(*_offset_shape(day, stage)) - 0.5
   return np.minimum(stage, _PROG + 1) + offset
 
 
 def simulate_cells(n_cells: int = 30_000, n_genes: int = 2_000, n_donors: int = 19,
                    seed: int = 0, programme_seed: int = 0,
-                   asynchrony: float = 0.3, priming_strength: float = 0.6,
+                   asynchrony: float = ASYNCHRONY, priming_strength: float = 0.6,
                    mean_library_size: float = 2_000.0) -> anndata.AnnData:
   """Simulates a GSE175634-like time course of single cells (raw UMI counts).
 
@@ -350,6 +356,99 @@ def simulate_cells(n_cells: int = 30_000, n_genes: int = 2_000, n_donors: int = 
   logging.info("simulated %d cells x %d genes in %.1f s (%.1f%% zeros)", n_cells, n_genes,
                time.perf_counter() - started, 100 * (1 - counts.nnz / (n_cells * n_genes)))
   return adata
+
+
+# --------------------------------------------------------------------------- ceiling
+#
+# A cell's label is its stage (past PROG: CM or CF by the sign of its fate latent).
+# Everything observable about it - its counts, library, donor, every other cell and
+# hence any walk through it - depends on that label only through its day, its
+# transcriptome position t_expr and its fate sign. The Bayes rule on those three
+# is therefore the best any classifier of a cell, or of a path ending at it, can do.
+
+
+def latent_position_density(day: int, stage: int, grid: np.ndarray,
+                            asynchrony: float = ASYNCHRONY,
+                            n_offsets: int = 1_001) -> np.ndarray:
+  """Density of t_expr = stage + Beta offset - 0.5 + N(0, asynchrony^2) on ``grid``.
+
+  The stage's offset shape is ``_offset_shape``'s (the one the cells are sampled
+  with); the Beta is integrated on a midpoint grid of ``n_offsets`` points.
+  """
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  a, b = _offset_shape(np.asarray(day), np.asarray(stage))
+  u = (np.arange(n_offsets) + 0.5) / n_offsets                    # Beta support (0, 1)
+  weight = stats.beta.pdf(u, a, b) / n_offsets
+  centre = min(int(stage), _PROG + 1) + u - 0.5
+  grid = np.asarray(grid, np.float64)
+  if asynchrony == 0:
+    raise DataError("latent_position_density needs asynchrony > 0 (a point mass has no density).")
+  return stats.norm.pdf(grid[:, None], centre[None, :], asynchrony) @ weight
+
+
+def _class_evidence(cm_fraction: float, asynchrony: float,
+                    grid: np.ndarray) -> np.ndarray:
+  """p(day, t_expr, fate sign | class), (2 signs [+, -], days, 6 classes, grid).
+
+  Classes as POPULATIONS (IPSC, MES, CMES, PROG, CM, CF), each with prior 1/6:
+  sequence anchors are drawn per class, so that is the anchors' class prior.
+  Days are sampled equally, so P(day | stage) is the composition column's share.
+  """
+  if not 0.0 < cm_fraction < 1.0:
+    raise DataError(f"cm_fraction must be in (0, 1), got {cm_fraction}.")
+  comp = _DAY_COMPOSITION[:, :_PROG + 2]                          # no UNK
+  p_day = comp / comp.sum(axis=0, keepdims=True)
+  n_days = comp.shape[0]
+  stage_density = np.zeros((n_days, _PROG + 2, grid.size))
+  for d in range(n_days):                  # 7 x 5 numerical convolutions
+    for s in range(_PROG + 2):
+      if comp[d, s] > 0:
+        stage_density[d, s] = p_day[d, s] * latent_position_density(d, s, grid, asynchrony)
+  evidence = np.zeros((2, n_days, len(POPULATIONS), grid.size))
+  for sign, p_sign in ((0, cm_fraction), (1, 1.0 - cm_fraction)):
+    evidence[sign, :, :_PROG + 1] = p_sign * stage_density[:, :_PROG + 1]
+    evidence[sign, :, _CM if sign == 0 else _CF] = stage_density[:, _PROG + 1]
+  return evidence
+
+
+def _ceiling_grid(asynchrony: float, step: float = 2e-3) -> np.ndarray:
+  pad = 6.0 * asynchrony
+  return np.arange(-0.5 - pad, _PROG + 1.5 + pad + step, step)
+
+
+def label_ceiling(cm_fraction: float, asynchrony: float = ASYNCHRONY) -> dict[str, Any]:
+  """Accuracy of the Bayes rule on (day, t_expr, fate sign) over class-balanced cells.
+
+  An upper bound, in expectation, on any classifier of this simulator's cells or of
+  walks ending at them (see the comment above).
+
+  Args:
+    cm_fraction: P(fate > 0) among the cells (set by the simulated donors).
+    asynchrony: as ``simulate_cells``.
+
+  Returns:
+    {"per_class": {population: accuracy}, "balanced": their mean}.
+  """
+  grid = _ceiling_grid(asynchrony)
+  evidence = _class_evidence(cm_fraction, asynchrony, grid)
+  winner = evidence.argmax(axis=2)                                 # (2, days, grid)
+  hit = np.take_along_axis(evidence, winner[:, :, None, :], axis=2)[:, :, 0]
+  dz = grid[1] - grid[0]
+  per_class = np.zeros(len(POPULATIONS))
+  np.add.at(per_class, winner.ravel(), hit.ravel() * dz)
+  return {"per_class": dict(zip(POPULATIONS, per_class.round(6).tolist())),
+          "balanced": float(per_class.mean())}
+
+
+def bayes_labels(day: np.ndarray, t_expr: np.ndarray, fate_positive: np.ndarray,
+                 cm_fraction: float, asynchrony: float = ASYNCHRONY) -> np.ndarray:
+  """The Bayes rule of ``label_ceiling`` applied to given cells: POPULATIONS index each."""
+  grid = _ceiling_grid(asynchrony)
+  winner = _class_evidence(cm_fraction, asynchrony, grid).argmax(axis=2)
+  at = np.clip(np.rint((np.asarray(t_expr, np.float64) - grid[0]) / (grid[1] - grid[0])),
+               0, grid.size - 1).astype(np.int64)
+  sign = np.where(np.asarray(fate_positive, bool), 0, 1)
+  return winner[sign, np.asarray(day, np.int64), at]
 
 
 # --------------------------------------------------------------------------- spatial
