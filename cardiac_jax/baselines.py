@@ -7,7 +7,13 @@ order-blind pooled-feature models. If the sequence model does not beat them,
 it has learned nothing a per-cell or bag-of-cells model could not. One more,
 ``day_only``, is a diagnostic rather than a competitor: it sees only the days of
 the visible steps, and measures how much of the label their pacing gives away
-(at early-fate horizons, a lot: see ``day_features``).
+(at early-fate horizons, a lot: see ``day_features``). ``logreg_last_day`` sees
+the last visible step and those days: a walk is a Markov chain built backwards from
+its anchor (``sequences.walk``), so given its last visible cell, that step's index
+and the anchor's day (which sets the pacing), the earlier visible steps are
+independent of the hidden anchor. Those two inputs are all a prefix can tell about
+its end, on any data set; a sequence model that does not beat this baseline has
+learned nothing more.
 
 Every baseline is fitted on the train split, picks its one hyperparameter (if
 any) on the validation split, and is scored on train, val and test. Features
@@ -48,7 +54,8 @@ HGB_MAX_TRAIN = 20_000        # row cap for the boosted trees (keeps scale3 at s
 # HistGradientBoosting fit took 6.6 s with 1 thread and 87 s with 2.
 MAX_THREADS = 1
 
-BASELINES = ("majority", "logreg_last", "logreg_mean", "hgb_summary", "knn_mean", "day_only")
+BASELINES = ("majority", "logreg_last", "logreg_last_day", "logreg_mean", "hgb_summary",
+             "knn_mean", "day_only")
 # Baselines that measure a property of the data rather than compete with the model:
 # never picked as "the best baseline".
 DIAGNOSTICS = ("majority", "day_only")
@@ -57,6 +64,8 @@ HIDDEN_DAY = -1.0
 DESCRIPTIONS = {
     "majority": "most frequent training class",
     "logreg_last": "logistic regression on the last visible step (per-cell classifier)",
+    "logreg_last_day": ("logistic regression on the last visible step and the days of the "
+                        "visible steps (all a Markov walk's prefix says about its end)"),
     "logreg_mean": "logistic regression on features mean-pooled over visible steps",
     "hgb_summary": "gradient-boosted trees on mean, std, first, last and slope over visible steps",
     "knn_mean": "k-nearest neighbours on mean-pooled features",
@@ -135,7 +144,8 @@ def feature_sets(x: np.ndarray, mask: np.ndarray,
                  day_col: int | None = None) -> dict[str, np.ndarray]:
   """The input matrix of each feature-based baseline, keyed by feature-set name.
 
-  ``day`` (the day-only features) is included when ``day_col`` is given.
+  ``day`` (the day-only features) and ``last_day`` (the last step and them) are
+  included when ``day_col`` is given.
   """
   p = pooled_features(x, mask)
   out = {"last": p["last"], "mean": p["mean"],
@@ -143,6 +153,7 @@ def feature_sets(x: np.ndarray, mask: np.ndarray,
                                     p["slope"]], axis=1)}
   if day_col is not None:
     out["day"] = day_features(x, mask, day_col)
+    out["last_day"] = np.concatenate([p["last"], out["day"]], axis=1)
   return out
 
 
@@ -283,7 +294,8 @@ def _hgb(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray],
   return {"n_iter": best + 1}, pred
 
 
-_FITTERS = {"logreg_last": ("last", _logreg), "logreg_mean": ("mean", _logreg),
+_FITTERS = {"logreg_last": ("last", _logreg), "logreg_last_day": ("last_day", _logreg),
+            "logreg_mean": ("mean", _logreg),
             "hgb_summary": ("summary", _hgb), "knn_mean": ("mean", _knn),
             "day_only": ("day", _logreg)}
 
@@ -326,7 +338,7 @@ def baseline_probs(dataset: Any, name: str, seed: int = 0) -> tuple[dict[str, An
   rows = _split_rows(dataset.split)
   y = np.asarray(dataset.y)
   feat_name, fitter = _FITTERS[name]
-  day_col = day_column(dataset) if feat_name == "day" else None
+  day_col = day_column(dataset) if feat_name in ("day", "last_day") else None
   xs = _standardise(feature_sets(dataset.x, dataset.mask, day_col)[feat_name], rows)
   with threadpoolctl.threadpool_limits(MAX_THREADS):
     selected, pred = fitter(xs, {s: y[r] for s, r in rows.items()}, seed)
@@ -339,7 +351,7 @@ def _run_baselines(dataset: Any, names: Sequence[str], seed: int,
   y = np.asarray(dataset.y)
   rows = _split_rows(dataset.split)
   ys = {s: y[r] for s, r in rows.items()}
-  day_col = day_column(dataset) if "day_only" in names else None
+  day_col = day_column(dataset) if {"day_only", "logreg_last_day"} & set(names) else None
   feats = feature_sets(dataset.x, dataset.mask, day_col) if set(names) - {"majority"} else {}
   scaled = {}
   results = {}

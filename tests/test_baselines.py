@@ -87,6 +87,37 @@ def test_day_only_is_at_chance_without_day_information_and_not_with_it():
   assert paced["test_acc"] > 0.9                        # 3 of 12 steps: pacing gives T away
 
 
+def _days_then_last(label_in_days: bool, n=600, length=10, seed=8):
+  """2 PCs, day, modality; the last step always on day 0.5. The label is either in the
+  earlier steps' days (0.2 vs 0.4) or in the last step's PCs, never both."""
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 2, n)
+  x = np.zeros((n, length, 4), np.float32)
+  x[..., :2] = rng.standard_normal((n, length, 2))
+  if label_in_days:
+    x[:, :-1, 2] = np.where(y == 1, 0.2, 0.4)[:, None]
+  else:
+    x[:, :-1, 2] = rng.choice([0.2, 0.4], n)[:, None]
+    x[:, -1, :2] += 3.0 * y[:, None]
+  x[:, -1, 2] = 0.5
+  return dataclasses.replace(_dataset(x, y, seed), meta={"n_pcs": 2})
+
+
+def test_last_day_sees_both_the_last_step_and_the_prefix_days():
+  names = ("logreg_last", "day_only", "logreg_last_day")
+  in_days = baselines.run_baselines(_days_then_last(True), names=names)
+  assert abs(in_days["logreg_last"]["test_acc"] - 0.5) < 0.12   # the last step knows nothing
+  assert in_days["day_only"]["test_acc"] > 0.95
+  assert in_days["logreg_last_day"]["test_acc"] > 0.95
+  in_last = baselines.run_baselines(_days_then_last(False), names=names)
+  assert abs(in_last["day_only"]["test_acc"] - 0.5) < 0.12
+  assert in_last["logreg_last"]["test_acc"] > 0.95
+  assert in_last["logreg_last_day"]["test_acc"] > 0.95
+  # The fitted probabilities (for stacking checks) use the same features.
+  _, probs = baselines.baseline_probs(_days_then_last(True), "logreg_last_day")
+  assert probs["test"].shape[1] == 2
+
+
 def test_day_features_ignore_hidden_steps():
   x = np.zeros((2, 4, 3), np.float32)
   x[..., 1] = [[0.0, 0.5, 0.5, 1.0], [0.5, 0.5, 9.0, 9.0]]

@@ -110,8 +110,7 @@ def test_ablations_table_and_verdict_follow_the_numbers(studies):
   on_disk = json.loads((root / "abl" / "ablations.json").read_text())
   keys = [r["key"] for r in on_disk["rows"]]
   assert keys[:2] == ["model", "model_time_shuffled"]
-  assert set(keys[2:]) == {"majority", "logreg_last", "logreg_mean", "hgb_summary", "knn_mean",
-                           "day_only"}
+  assert set(keys[2:]) == set(baselines.BASELINES)
   assert "`day_only` is a diagnostic" in (root / "abl" / "ablations.md").read_text()
   for r in on_disk["rows"]:
     assert _in_unit(r["train_acc"], r["val_acc"], r["test_acc"], r["macro_f1"])
