@@ -52,13 +52,6 @@ from cardiac_jax.data import ingest
 from cardiac_jax.data import simulator
 from cardiac_jax.data import splits as splits_lib
 
-_PRESETS = flags.DEFINE_list("presets", ["scale1", "scale2", "scale3"], "configs/<name>.py each.")
-_SEEDS = flags.DEFINE_list("data_seeds", ["0"], "Data seeds (simulator, split and walks).")
-_QUICK = flags.DEFINE_bool("quick", False, "The presets' quick variant (debug sizes).")
-_OUT = flags.DEFINE_string("out", "runs/ceiling/ceiling", "Output prefix: .json, .md, .png.")
-_FRESH = flags.DEFINE_integer("fresh_cells", 150_000, "Labelled cells of the same donors for "
-                              "the per-cell classifier's own limit (0 = skip).")
-
 COMPETITORS = ("logreg_last", "hgb_summary")
 # Diagnostics: the per-cell classifier given every labelled training cell on a walk,
 # and given many fresh labelled cells of the same donors (its limit on these features).
@@ -300,4 +293,13 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags only when run as a script, so tests can import the functions next to other
+  # modules that define the same names.
+  _PRESETS = flags.DEFINE_list("presets", ["scale1", "scale2", "scale3"],
+                               "configs/<name>.py each.")
+  _SEEDS = flags.DEFINE_list("data_seeds", ["0"], "Data seeds (simulator, split and walks).")
+  _QUICK = flags.DEFINE_bool("quick", False, "The presets' quick variant (debug sizes).")
+  _OUT = flags.DEFINE_string("out", "runs/ceiling/ceiling", "Output prefix: .json, .md, .png.")
+  _FRESH = flags.DEFINE_integer("fresh_cells", 150_000, "Labelled cells of the same donors "
+                                "for the per-cell classifier's own limit (0 = skip).")
   app.run(main)

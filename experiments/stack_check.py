@@ -27,10 +27,6 @@ from cardiac_jax import inference
 from cardiac_jax.data import dataset as dataset_lib
 from cardiac_jax.data import splits as splits_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/scale1.py", "The run's config.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir.", required=True)
-_BASELINE = flags.DEFINE_string("baseline", "logreg_last", "The baseline to stack on.")
-
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 SPLITS = ("val", "test")
 
@@ -79,4 +75,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Flags only when run as a script, so tests can import ``stacked`` next to other
+  # modules that define --config (cardiac_jax.main).
+  _CONFIG = config_flags.DEFINE_config_file("config", "configs/scale1.py", "The run's config.")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir.", required=True)
+  _BASELINE = flags.DEFINE_string("baseline", "logreg_last", "The baseline to stack on.")
   app.run(main)
