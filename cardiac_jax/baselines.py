@@ -12,8 +12,8 @@ the last visible step and those days: a walk is a Markov chain built backwards f
 its anchor (``sequences.walk``), so given its last visible cell, that step's index
 and the anchor's day (which sets the pacing), the earlier visible steps are
 independent of the hidden anchor. Those two inputs are all a prefix can tell about
-its end, on any data set; a sequence model that does not beat this baseline has
-learned nothing more.
+its end, on any data set; this baseline reads them (linearly, so it is a yardstick,
+not an information limit).
 
 Every baseline is fitted on the train split, picks its one hyperparameter (if
 any) on the validation split, and is scored on train, val and test. Features

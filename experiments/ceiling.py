@@ -21,14 +21,19 @@ sampling noise), and its expectation over class-balanced anchors
 (``simulator.label_ceiling``: the ceiling without it). Nothing here is trained on
 the latents; the rule is derived from the generative model.
 
-Two diagnostics split the gap between the per-cell baseline and the ceiling. The
-walk through an anchor is chosen from the anchor's PCs and from other, independent
-cells, so the label is independent of the path given the anchor's PCs and day: no
-model of the path can beat the best classifier of the anchor's own features. That
-best classifier is estimated by the per-cell logistic regression fitted on
-``--fresh_cells`` newly simulated labelled cells of the same donors (``logreg_fresh``);
-``logreg_cells`` fits it on every training cell the training walks visit instead of
+Diagnostics split the gap between the per-cell baseline and the ceiling. A walk is
+chosen from its anchor's PCs and from other cells, which are drawn independently of
+the anchor except for their donor (its batch shift and CM propensity). So a path can
+tell a model about its label only what the anchor's own features say, plus what the
+neighbours say about the anchor's donor. ``logreg_fresh`` is the per-cell logistic
+regression fitted on ``--fresh_cells`` newly simulated labelled cells of the same
+donors (a strong per-cell classifier, not a proven limit); ``logreg_fresh_donor``
+adds the anchor's donor as a one-hot - more than any path can say about it - so it
+bounds that channel from above, as far as a linear model can use it. ``logreg_cells``
+fits the per-cell model on every training cell the training walks visit instead of
 one anchor per sequence (what learning from every labelled cell on the paths buys).
+The fresh cells share the data set's seed (so its donors): the first of them share
+days and some count noise with the data set's cells, never labels.
 """
 from __future__ import annotations
 
@@ -54,9 +59,10 @@ from cardiac_jax.data import splits as splits_lib
 
 COMPETITORS = ("logreg_last", "hgb_summary")
 # Diagnostics: the per-cell classifier given every labelled training cell on a walk,
-# and given many fresh labelled cells of the same donors (its limit on these features).
+# given many fresh labelled cells of the same donors, and given those and the donor.
 ALL_CELLS = "logreg_cells"
 FRESH_CELLS = "logreg_fresh"
+FRESH_DONOR = "logreg_fresh_donor"
 SPLITS = ("val", "test")
 
 
@@ -94,7 +100,7 @@ def anchor_latents(cells: Any, obs: Any, ds: dataset_lib.SequenceDataset) -> dic
   return {"day": days[anchor],
           # dpt_pseudotime is t_expr / T_MAX clipped to [0, 1]; the clipped cells sit
           # deep inside IPSC or the terminal stage, where the rule's answer is the same.
-          "t_expr": obs["dpt_pseudotime"].to_numpy(np.float64)[anchor] * simulator._T_MAX,  # pylint: disable=protected-access
+          "t_expr": obs["dpt_pseudotime"].to_numpy(np.float64)[anchor] * simulator.T_MAX,
           "fate_positive": fate[anchor] > 0,
           "cm_fraction": float(np.mean(fate > 0))}
 
@@ -111,35 +117,39 @@ def visited_training_cells(ds: dataset_lib.SequenceDataset,
   return ds.x[train].reshape(-1, ds.x.shape[-1])[first], np.asarray(labels)[rows]
 
 
-def _logreg_from(feats: np.ndarray, cell_y: np.ndarray, ds: dataset_lib.SequenceDataset,
-                 seed: int) -> dict[str, Any]:
-  """A per-cell logistic regression fitted on (feats, cell_y) with classes balanced as
-  the anchors are, C chosen on the validation anchors, scored on val and test anchors."""
-  last = baselines.feature_sets(ds.x, ds.mask)["last"]
+def _logreg_from(train_x: np.ndarray, train_y: np.ndarray, anchor_x: np.ndarray,
+                 ds: dataset_lib.SequenceDataset, seed: int) -> dict[str, Any]:
+  """A per-cell logistic regression fitted on (train_x, train_y) with classes balanced as
+  the anchors are, C chosen on the validation anchors, scored on val and test anchors.
+
+  ``anchor_x`` holds each sequence's features in ``train_x``'s columns.
+  """
   split, y = np.asarray(ds.split), np.asarray(ds.y)
   rows = {s: split == splits_lib.SPLIT_IDS[s] for s in SPLITS}
-  scaler = preprocessing.StandardScaler().fit(feats)
-  xs = {"train": scaler.transform(feats), **{s: scaler.transform(last[rows[s]]) for s in SPLITS}}
-  ys = {"train": cell_y, **{s: y[rows[s]] for s in SPLITS}}
+  scaler = preprocessing.StandardScaler().fit(train_x)
+  xs = {"train": scaler.transform(train_x),
+        **{s: scaler.transform(anchor_x[rows[s]]) for s in SPLITS}}
+  ys = {"train": train_y, **{s: y[rows[s]] for s in SPLITS}}
   selected, pred = baselines._logreg(xs, ys, seed, class_weight="balanced")  # pylint: disable=protected-access
-  return {"train_cells": int(cell_y.size), "C": selected["C"],
+  return {"train_cells": int(train_y.size), "C": selected["C"],
           **{s: float(np.mean(pred[s] == ys[s])) for s in SPLITS}}
+
+
+def _last_step(ds: dataset_lib.SequenceDataset) -> np.ndarray:
+  return baselines.feature_sets(ds.x, ds.mask)["last"]
 
 
 def logreg_on_cells(ds: dataset_lib.SequenceDataset, labels: np.ndarray,
                     seed: int) -> dict[str, Any]:
   """The per-cell classifier fitted on every visited training cell, not the anchors only."""
-  return _logreg_from(*visited_training_cells(ds, labels), ds, seed)
+  return _logreg_from(*visited_training_cells(ds, labels), _last_step(ds), ds, seed)
 
 
-def logreg_on_fresh_cells(config: Any, ds: dataset_lib.SequenceDataset,
-                          n_cells: int) -> dict[str, Any]:
-  """The per-cell classifier fitted on ``n_cells`` newly simulated labelled cells.
+def fresh_cells(config: Any, n_cells: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Features (PCs, day, modality), labels and donors of ``n_cells`` newly simulated cells.
 
   Same seed, so the same donors and programmes (the donors' draws do not depend on
-  n_cells) but other cells; embedded with the data set's own training-fitted
-  preprocessor. With enough cells this is the limit of a per-cell classifier of
-  these features - and so of any model of the path (see the module docstring).
+  n_cells), embedded with the data set's own training-fitted preprocessor.
   """
   from cardiac_jax.data import preprocess  # pylint: disable=g-import-not-at-top
   from cardiac_jax.data import sequences  # pylint: disable=g-import-not-at-top
@@ -149,12 +159,40 @@ def logreg_on_fresh_cells(config: Any, ds: dataset_lib.SequenceDataset,
   pp = preprocess.Preprocessor.load(dataset_lib.cache_paths(config.data)[1])
   pcs = np.asarray(pp.transform(cells.counts, cells.gene_names), np.float32)
   day = sequences.time_feature(cells.time_index, len(cells.time_labels))[:, None]
-  feats = np.concatenate([pcs, day, np.zeros_like(day)], axis=1)   # modality 0
-  return _logreg_from(feats, cells.labels, ds, int(config.seed))
+  return (np.concatenate([pcs, day, np.zeros_like(day)], axis=1), cells.labels,
+          np.asarray(cells.donors).astype(str))
 
 
-def measure(config: Any, fresh_cells: int = 0) -> dict[str, Any]:
+def _one_hot(values: np.ndarray, vocabulary: np.ndarray) -> np.ndarray:
+  return (np.asarray(values)[:, None] == vocabulary[None, :]).astype(np.float32)
+
+
+def logreg_on_fresh_cells(config: Any, ds: dataset_lib.SequenceDataset, n_cells: int,
+                          anchor_donors: np.ndarray) -> dict[str, dict[str, Any]]:
+  """The per-cell classifier fitted on fresh labelled cells, without and with the donor."""
+  feats, labels, donors = fresh_cells(config, n_cells)
+  last, seed = _last_step(ds), int(config.seed)
+  vocab = np.unique(np.concatenate([donors, np.asarray(anchor_donors).astype(str)]))
+  return {FRESH_CELLS: _logreg_from(feats, labels, last, ds, seed),
+          FRESH_DONOR: _logreg_from(
+              np.concatenate([feats, _one_hot(donors, vocab)], axis=1), labels,
+              np.concatenate([last, _one_hot(anchor_donors, vocab)], axis=1), ds, seed)}
+
+
+def _check(config: Any) -> None:
+  """Refuses the configs whose sequences the measurements here would misread."""
+  seq = config.data.sequences
+  if float(seq.observed_fraction) != 1.0 or bool(seq.time_shuffle):
+    raise ValueError("the ceiling reads each sequence's last step as its anchor: use full, "
+                     "time-ordered paths (data.sequences.observed_fraction=1, time_shuffle=False).")
+  if bool(config.data.split.group_by_donor):
+    raise ValueError("with data.split.group_by_donor the fresh cells would include the held-out "
+                     "donors; measure the ceiling on the default (cell-level) split.")
+
+
+def measure(config: Any, n_fresh: int = 0) -> dict[str, Any]:
   """The ceiling and the baselines on one configured data set (temporal sequences)."""
+  _check(config)
   ds = temporal_part(dataset_lib.build_dataset(config.data, progress=False))
   cells, obs = prepared_cells(config)
   latents = anchor_latents(cells, obs, ds)
@@ -177,15 +215,16 @@ def measure(config: Any, fresh_cells: int = 0) -> dict[str, Any]:
     out[name] = {s: float(fitted[name][f"{s}_acc"]) for s in SPLITS}
   # Class ids of the prepared cells are the dataset's (the same class list).
   out[ALL_CELLS] = logreg_on_cells(ds, cells.labels, int(config.seed))
-  if fresh_cells:
-    out[FRESH_CELLS] = logreg_on_fresh_cells(config, ds, fresh_cells)
+  if n_fresh:
+    anchor_donors = np.asarray(cells.donors).astype(str)[np.asarray(ds.source_index)[:, -1]]
+    out.update(logreg_on_fresh_cells(config, ds, n_fresh, anchor_donors))
   return out
 
 
-METHODS = ("bayes",) + COMPETITORS + (ALL_CELLS, FRESH_CELLS)
+METHODS = ("bayes",) + COMPETITORS + (ALL_CELLS, FRESH_CELLS, FRESH_DONOR)
 LABELS = {"bayes": "Bayes rule (latents)", "logreg_last": "logreg last",
           "hgb_summary": "HGB pooled", ALL_CELLS: "logreg, every training cell",
-          FRESH_CELLS: "logreg, fresh cells"}
+          FRESH_CELLS: "logreg, fresh cells", FRESH_DONOR: "logreg, fresh cells + donor"}
 
 
 def _methods(results: Sequence[dict[str, Any]]) -> tuple[str, ...]:
@@ -222,9 +261,10 @@ def to_markdown(results: Sequence[dict[str, Any]], summary: dict[str, dict[str, 
            "training cell`: the per-cell logistic regression fitted on every distinct training "
            "cell the training walks visit (classes balanced) instead of the anchors only; "
            "`logreg, fresh cells`: fitted on newly simulated labelled cells of the same donors "
-           "(the limit of a classifier of the anchor's features, and so of any model of the "
-           "path). The band is two standard errors of a difference of two accuracies on that "
-           "test split.",
+           "(a strong per-cell classifier of the anchor's features); `+ donor`: the same with "
+           "the donor as a one-hot, more than a path can say about it (the only link between "
+           "an anchor's label and the other cells of its walk). The band is two standard "
+           "errors of a difference of two accuracies on that test split.",
            ""]
   lines += experiments_lib._table(  # pylint: disable=protected-access
       ["preset", "data seed", "test n", "expected ceiling"] + [LABELS[k] for k in methods]
@@ -255,8 +295,8 @@ def plot(results: Sequence[dict[str, Any]], path: str) -> str:
   from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(10, 3.8))
   x = np.arange(len(results))
-  for i, (key, marker) in enumerate(zip(_methods(results), "*osdv")):
-    ax.plot(x + (i - 2) * 0.1, [r[key]["test"] for r in results], marker, label=LABELS[key])
+  for i, (key, marker) in enumerate(zip(_methods(results), "*osdv^")):
+    ax.plot(x + (i - 2.5) * 0.1, [r[key]["test"] for r in results], marker, label=LABELS[key])
   ax.hlines([r["ceiling_expected"] for r in results], x - 0.3, x + 0.3, colors="k",
             label="expected ceiling")
   ax.set_xticks(x, [f"{r['preset']}\nseed {r['data_seed']}" for r in results], fontsize=8)
@@ -268,13 +308,13 @@ def plot(results: Sequence[dict[str, Any]], path: str) -> str:
 
 
 def run(presets: Sequence[str], data_seeds: Sequence[int], out: str,
-        quick: bool = False, fresh_cells: int = 0) -> dict[str, Any]:
+        quick: bool = False, n_fresh: int = 0) -> dict[str, Any]:
   """Measures every preset x data seed; writes ``out``.json, .md and .png."""
   results = []
   for name in presets:
     for seed in data_seeds:
       config = with_data_seed(config_lib.preset(name, "quick" if quick else None), seed)
-      results.append(measure(config, fresh_cells))
+      results.append(measure(config, n_fresh))
       logging.info("ceiling %s seed %d: %s", name, seed, json.dumps(results[-1]))
   summary = summarise(results)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -28,15 +28,21 @@ def latents():
   label = obs["type"].cat.codes.to_numpy()[keep]      # PROGRAMME_NAMES order: POPULATIONS first
   return {"day": obs["diffday"].cat.codes.to_numpy()[keep],
           "label": label,
-          "t_expr": obs["dpt_pseudotime"].to_numpy(np.float64)[keep] * simulator._T_MAX,
+          "t_expr": obs["dpt_pseudotime"].to_numpy(np.float64)[keep] * simulator.T_MAX,
           "fate_positive": obs["fate_bias"].to_numpy()[keep] > 0,
           "cm_fraction": float(np.mean(obs["fate_bias"].to_numpy()[keep] > 0))}
 
 
 def _balanced(lat, n_per_class, rng):
-  """Class-balanced anchors (with replacement), as the sequence builder draws them."""
-  return np.concatenate([rng.choice(np.flatnonzero(lat["label"] == c), n_per_class)
-                         for c in range(len(POPULATIONS))])
+  """Two disjoint class-balanced draws (train, test): each class's cells are shuffled
+  and split, then drawn with replacement within their half, as anchors are."""
+  train, test = [], []
+  for c in range(len(POPULATIONS)):
+    pool = rng.permutation(np.flatnonzero(lat["label"] == c))
+    half = pool.size // 2
+    train.append(rng.choice(pool[:half], n_per_class))
+    test.append(rng.choice(pool[half:], n_per_class))
+  return np.concatenate(train), np.concatenate(test)
 
 
 def test_the_density_is_the_one_the_cells_are_sampled_from(latents):
@@ -61,15 +67,14 @@ def test_the_density_is_the_one_the_cells_are_sampled_from(latents):
 def test_the_rule_reaches_its_expected_ceiling_and_nothing_fitted_beats_it(latents):
   rng = np.random.default_rng(0)
   expected = simulator.label_ceiling(latents["cm_fraction"])["balanced"]
-  test = _balanced(latents, 3_000, rng)
+  train, test = _balanced(latents, 3_000, rng)
   rule = simulator.bayes_labels(latents["day"][test], latents["t_expr"][test],
                                 latents["fate_positive"][test], latents["cm_fraction"])
   rule_acc = float(np.mean(rule == latents["label"][test]))
   se = np.sqrt(expected * (1 - expected) / test.size)
   assert abs(rule_acc - expected) < 4 * se
 
-  # Boosted trees fitted on the same latents (balanced, disjoint draws) do not do better.
-  train = _balanced(latents, 3_000, rng)
+  # Boosted trees fitted on the same latents (balanced, disjoint cells) do not do better.
   feats = np.stack([latents["day"], latents["t_expr"], latents["fate_positive"]], 1)
   clf = ensemble.HistGradientBoostingClassifier(max_iter=150, random_state=0)
   clf.fit(feats[train], latents["label"][train])
@@ -97,11 +102,19 @@ def test_bad_arguments_are_named():
   config.data.source = "h5ad"
   with pytest.raises(ValueError, match="latents"):
     ceiling.prepared_cells(config)
+  for field, value, match in (("sequences.observed_fraction", 0.5, "full"),
+                              ("sequences.time_shuffle", True, "full"),
+                              ("split.group_by_donor", True, "held-out donors")):
+    config = config_lib.preset("debug")
+    section, name = field.split(".")
+    config.data[section][name] = value
+    with pytest.raises(ValueError, match=match):
+      ceiling.measure(config)
 
 
 def test_the_script_writes_its_table_for_every_preset_and_seed(tmp_path):
   out = str(tmp_path / "ceiling")
-  report = ceiling.run(["scale1"], [0, 1], out, quick=True, fresh_cells=4_000)
+  report = ceiling.run(["scale1"], [0, 1], out, quick=True, n_fresh=4_000)
   assert [(r["preset"], r["data_seed"]) for r in report["runs"]] == [("scale1_quick", 0),
                                                                        ("scale1_quick", 1)]
   for r in report["runs"]:
@@ -111,7 +124,11 @@ def test_the_script_writes_its_table_for_every_preset_and_seed(tmp_path):
     # Every training cell on a walk is at least every distinct training anchor.
     assert r["logreg_cells"]["train_cells"] >= 6 * 20 * 0.65 * 0.5
     assert r["logreg_fresh"]["train_cells"] > 3_500          # UNK dropped
-    assert all(0 <= r["logreg_fresh"][s] <= 1 for s in ("val", "test"))
+    for key in ("logreg_fresh", "logreg_fresh_donor"):
+      assert all(0 <= r[key][s] <= 1 for s in ("val", "test"))
+    # The rule's classes are mapped onto the dataset's by name: a wrong mapping would put
+    # it near chance (1/6); the expected ceiling is 0.90 (val n = 60, so about ±0.08).
+    assert r["bayes"]["val"] > 0.75
     assert r["n"]["test"] > 0
   # The two seeds are different data (seed changes simulator, split and walks).
   assert report["runs"][0]["cm_fraction"] != report["runs"][1]["cm_fraction"]

@@ -37,6 +37,7 @@ import anndata
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy import stats
 
 from cardiac_jax.config_lib import DAYS, POPULATIONS
 from cardiac_jax.data.errors import DataError
@@ -72,7 +73,7 @@ _DAY_COMPOSITION = np.array([
     [0.00, 0.00, 0.00, 0.09, 0.86, 0.05],   # day11
     [0.00, 0.00, 0.00, 0.04, 0.92, 0.04],   # day15
 ])
-_T_MAX = 4.5              # latent coordinate of the most mature terminal cells
+T_MAX = 4.5               # latent coordinate of the most mature terminal cells
 _CM_FRACTION = 0.32       # CM among terminal cells overall (21.4K CM vs 44.6K CF)
 ASYNCHRONY = 0.3          # sd of the transcriptome's position around the annotated one
 
@@ -343,7 +344,7 @@ def simulate_cells(n_cells: int = 30_000, n_genes: int = 2_000, n_donors: int = 
       "individual": pd.Categorical.from_codes(
           donor, categories=[f"ind{i + 1:0{max(2, len(str(n_donors)))}d}"
                              for i in range(n_donors)]),
-      "dpt_pseudotime": np.clip(t_expr / _T_MAX, 0.0, 1.0),
+      "dpt_pseudotime": np.clip(t_expr / T_MAX, 0.0, 1.0),
       "fate_bias": fate.astype(np.float32),
       "latent_time": t.astype(np.float32),
   }, index=pd.Index([f"cell{i:0{width}d}" for i in range(n_cells)]))
@@ -370,19 +371,30 @@ def simulate_cells(n_cells: int = 30_000, n_genes: int = 2_000, n_donors: int = 
 def latent_position_density(day: int, stage: int, grid: np.ndarray,
                             asynchrony: float = ASYNCHRONY,
                             n_offsets: int = 1_001) -> np.ndarray:
-  """Density of t_expr = stage + Beta offset - 0.5 + N(0, asynchrony^2) on ``grid``.
+  """Density of a cell's transcriptome position t_expr, given its day and stage.
 
-  The stage's offset shape is ``_offset_shape``'s (the one the cells are sampled
-  with); the Beta is integrated on a midpoint grid of ``n_offsets`` points.
+  t_expr = stage + Beta offset - 0.5 + N(0, asynchrony^2), the offset's shape being
+  ``_offset_shape``'s (the one the cells are sampled with); the Beta is integrated on
+  a midpoint grid of ``n_offsets`` points.
+
+  Args:
+    day: index into ``DAYS``.
+    stage: 0..4 (IPSC, MES, CMES, PROG, terminal).
+    grid: (G,) t_expr values.
+    asynchrony: as ``simulate_cells``; > 0.
+    n_offsets: integration points of the offset.
+
+  Returns:
+    (G,) float64 density values.
   """
-  from scipy import stats  # pylint: disable=g-import-not-at-top
+  if asynchrony <= 0:
+    raise DataError(f"latent_position_density needs asynchrony > 0, got {asynchrony} (a point "
+                    "mass has no density).")
   a, b = _offset_shape(np.asarray(day), np.asarray(stage))
   u = (np.arange(n_offsets) + 0.5) / n_offsets                    # Beta support (0, 1)
   weight = stats.beta.pdf(u, a, b) / n_offsets
   centre = min(int(stage), _PROG + 1) + u - 0.5
   grid = np.asarray(grid, np.float64)
-  if asynchrony == 0:
-    raise DataError("latent_position_density needs asynchrony > 0 (a point mass has no density).")
   return stats.norm.pdf(grid[:, None], centre[None, :], asynchrony) @ weight
 
 
@@ -442,7 +454,19 @@ def label_ceiling(cm_fraction: float, asynchrony: float = ASYNCHRONY) -> dict[st
 
 def bayes_labels(day: np.ndarray, t_expr: np.ndarray, fate_positive: np.ndarray,
                  cm_fraction: float, asynchrony: float = ASYNCHRONY) -> np.ndarray:
-  """The Bayes rule of ``label_ceiling`` applied to given cells: POPULATIONS index each."""
+  """The Bayes rule of ``label_ceiling`` applied to given cells.
+
+  Args:
+    day: (n,) index into ``DAYS``.
+    t_expr: (n,) transcriptome positions (``obs["dpt_pseudotime"] * T_MAX``: the
+      clipping changes no decision).
+    fate_positive: (n,) bool, ``obs["fate_bias"] > 0``.
+    cm_fraction: P(fate > 0) among the cells.
+    asynchrony: as ``simulate_cells``.
+
+  Returns:
+    (n,) int64 index into ``POPULATIONS`` of each cell's most probable class.
+  """
   grid = _ceiling_grid(asynchrony)
   winner = _class_evidence(cm_fraction, asynchrony, grid).argmax(axis=2)
   at = np.clip(np.rint((np.asarray(t_expr, np.float64) - grid[0]) / (grid[1] - grid[0])),
