@@ -183,3 +183,29 @@ def test_benchmark_quick_mode_without_cellrank(tmp_path):
   for suffix in (".md", ".json", ".png"):
     assert out.with_suffix(suffix).exists()
   assert "held-out PROG" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_benchmark_on_data_without_a_true_fate_reports_agreement(tmp_path):
+  """Real data (GSE175634) has no ``fate_bias``: the benchmark then scores agreement
+  between the methods on the held-out pre-branch cells instead of AUC against a truth."""
+  cfg = config_lib.preset("fate", "quick")
+  sim = cfg.data.simulator
+  adata = simulator.simulate_cells(sim.n_cells, sim.n_genes, sim.n_donors, seed=2)
+  adata.obs = adata.obs.drop(columns=["fate_bias", "latent_time"])
+  path = tmp_path / "no_truth.h5ad"
+  adata.write_h5ad(path)
+  out = tmp_path / "fate"
+  subprocess.run(
+      [sys.executable, "experiments/fate_benchmark.py", "--config=configs/fate.py:quick",
+       "--config.train.num_epochs=1", "--seeds=0", "--methods=cardiac_jax,logreg",
+       "--config.data.source=h5ad", f"--config.data.path={path}",
+       f"--workdir={tmp_path / 'bench'}", f"--out={out}", "--n_walks=2"],
+      cwd=REPO, check=True, capture_output=True, text=True)
+  seed = json.loads(out.with_suffix(".json").read_text())["seeds"][0]
+  assert "prog" not in seed["methods"]["cardiac_jax"]          # no truth, no AUC
+  agree = seed["methods"]["logreg"]["agreement_with_cardiac_jax"]
+  assert agree["n"] == seed["n_held_out"] > 0
+  assert -1.0 <= agree["spearman"] <= 1.0 and 0.0 <= agree["same_call"] <= 1.0
+  assert "No `fate_bias` in the data: agreement" in out.with_suffix(".md").read_text()
+  assert out.with_suffix(".png").exists()
