@@ -175,6 +175,13 @@ def preset(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg else module.get_config()
 
 
+def with_data_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+  """A copy whose data differ by ``seed``: the simulator's, the split's and the walks' seeds."""
+  config = config.copy_and_resolve_references()
+  config.data.simulator.seed = config.data.split.seed = config.data.sequences.seed = int(seed)
+  return config
+
+
 def nominal_sequences(config: ml_collections.ConfigDict) -> int:
   """Sequences the config asks for (all splits): per class, plus the spatial ones.
 

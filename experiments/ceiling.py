@@ -37,7 +37,6 @@ days and some count noise with the data set's cells, never labels.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any, Sequence
@@ -66,19 +65,9 @@ FRESH_DONOR = "logreg_fresh_donor"
 SPLITS = ("val", "test")
 
 
-def with_data_seed(config: Any, seed: int) -> Any:
-  """The config with the simulator's, the split's and the walks' seeds all ``seed``."""
-  config = config.copy_and_resolve_references()
-  config.data.simulator.seed = config.data.split.seed = config.data.sequences.seed = int(seed)
-  return config
-
-
 def temporal_part(ds: dataset_lib.SequenceDataset) -> dataset_lib.SequenceDataset:
   """The single-cell (modality 0) sequences only."""
-  keep = np.asarray(ds.modality) == 0
-  return dataclasses.replace(ds, x=ds.x[keep], y=ds.y[keep], mask=ds.mask[keep],
-                             split=ds.split[keep], modality=ds.modality[keep],
-                             source_index=ds.source_index[keep])
+  return ds.subset(np.asarray(ds.modality) == 0)
 
 
 def prepared_cells(config: Any) -> tuple[Any, Any]:
@@ -136,7 +125,8 @@ def _logreg_from(train_x: np.ndarray, train_y: np.ndarray, anchor_x: np.ndarray,
 
 
 def _last_step(ds: dataset_lib.SequenceDataset) -> np.ndarray:
-  return baselines.feature_sets(ds.x, ds.mask)["last"]
+  """Each sequence's anchor features (full paths: ``_check``)."""
+  return np.asarray(ds.x)[:, -1]
 
 
 def logreg_on_cells(ds: dataset_lib.SequenceDataset, labels: np.ndarray,
@@ -313,7 +303,8 @@ def run(presets: Sequence[str], data_seeds: Sequence[int], out: str,
   results = []
   for name in presets:
     for seed in data_seeds:
-      config = with_data_seed(config_lib.preset(name, "quick" if quick else None), seed)
+      config = config_lib.with_data_seed(config_lib.preset(name, "quick" if quick else None),
+                                         seed)
       results.append(measure(config, n_fresh))
       logging.info("ceiling %s seed %d: %s", name, seed, json.dumps(results[-1]))
   summary = summarise(results)

@@ -89,11 +89,9 @@ HEADLINE = "PROG"
 
 def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
   """The config of one seed: simulator, split, walks and training all take it."""
-  config = config.copy_and_resolve_references()
+  from cardiac_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.with_data_seed(config, seed)
   config.seed = seed
-  config.data.simulator.seed = seed
-  config.data.split.seed = seed
-  config.data.sequences.seed = seed
   config.name = f"{config.name}_seed{seed}"
   return config
 

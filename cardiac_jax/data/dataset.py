@@ -99,7 +99,10 @@ class SequenceDataset:
     """The sequences of one split ("train", "val" or "test")."""
     if split_name not in splits.SPLITS:
       raise ValueError(f"unknown split {split_name!r}; choose one of {splits.SPLITS}")
-    keep = self.split == splits.SPLITS.index(split_name)
+    return self.subset(self.split == splits.SPLITS.index(split_name))
+
+  def subset(self, keep: np.ndarray) -> "SequenceDataset":
+    """The sequences selected by a boolean mask (or index array) over the N sequences."""
     return dataclasses.replace(self, **{k: getattr(self, k)[keep] for k in _ARRAYS})
 
   def save(self, path: str | os.PathLike) -> pathlib.Path:

@@ -423,9 +423,15 @@ def _class_evidence(cm_fraction: float, asynchrony: float,
   return evidence
 
 
-def _ceiling_grid(asynchrony: float, step: float = 2e-3) -> np.ndarray:
+def _bayes_table(cm_fraction: float, asynchrony: float,
+                 step: float = 2e-3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(grid, evidence, winner): the t_expr grid, ``_class_evidence`` on it and the Bayes
+  rule's class per (sign, day, grid point) - what ``label_ceiling`` integrates and
+  ``bayes_labels`` looks up."""
   pad = 6.0 * asynchrony
-  return np.arange(-0.5 - pad, _PROG + 1.5 + pad + step, step)
+  grid = np.arange(-0.5 - pad, _PROG + 1.5 + pad + step, step)
+  evidence = _class_evidence(cm_fraction, asynchrony, grid)
+  return grid, evidence, evidence.argmax(axis=2)
 
 
 def label_ceiling(cm_fraction: float, asynchrony: float = ASYNCHRONY) -> dict[str, Any]:
@@ -441,9 +447,7 @@ def label_ceiling(cm_fraction: float, asynchrony: float = ASYNCHRONY) -> dict[st
   Returns:
     {"per_class": {population: accuracy}, "balanced": their mean}.
   """
-  grid = _ceiling_grid(asynchrony)
-  evidence = _class_evidence(cm_fraction, asynchrony, grid)
-  winner = evidence.argmax(axis=2)                                 # (2, days, grid)
+  grid, evidence, winner = _bayes_table(cm_fraction, asynchrony)   # winner: (2, days, grid)
   hit = np.take_along_axis(evidence, winner[:, :, None, :], axis=2)[:, :, 0]
   dz = grid[1] - grid[0]
   per_class = np.zeros(len(POPULATIONS))
@@ -467,8 +471,7 @@ def bayes_labels(day: np.ndarray, t_expr: np.ndarray, fate_positive: np.ndarray,
   Returns:
     (n,) int64 index into ``POPULATIONS`` of each cell's most probable class.
   """
-  grid = _ceiling_grid(asynchrony)
-  winner = _class_evidence(cm_fraction, asynchrony, grid).argmax(axis=2)
+  grid, _, winner = _bayes_table(cm_fraction, asynchrony)
   at = np.clip(np.rint((np.asarray(t_expr, np.float64) - grid[0]) / (grid[1] - grid[0])),
                0, grid.size - 1).astype(np.int64)
   sign = np.where(np.asarray(fate_positive, bool), 0, 1)
