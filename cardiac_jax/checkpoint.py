@@ -29,13 +29,10 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from cardiac_jax import fileio
+from cardiac_jax.errors import CheckpointError
 from cardiac_jax.errors import ConfigError
 
 STATE, META = "state", "meta"
-
-
-class CheckpointError(RuntimeError):
-  """No usable checkpoint where one was expected."""
 
 
 class Checkpointer:

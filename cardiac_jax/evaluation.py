@@ -5,8 +5,10 @@ each chunk is one call of the jitted ``train.eval_chunk``. Sums stay on the
 device across chunks and the host fetches them once, then divides: averages
 are summed loss over count, never means of per-chunk means.
 
-Nothing here imports ``train``: the functions take a built run (``train.Run``)
-and its jitted eval function, so the train loop can report through them.
+The functions take a built run (``run.Run``) and its jitted eval function, so
+the train loop, inference and the studies report through the same code. Every
+state has the member axis (``members``): scores come per member, and a split's
+reported score is the members' ensemble.
 """
 from __future__ import annotations
 
@@ -25,12 +27,14 @@ from cardiac_jax import models
 from cardiac_jax import monitor
 from cardiac_jax import parallel
 from cardiac_jax import report as report_lib
+from cardiac_jax import run as run_lib
+from cardiac_jax import steps
 from cardiac_jax.data import splits as splits_lib
 
 Chunks = list[tuple[jax.Array, jax.Array]]
 
 
-def eval_sums(eval_fn: Callable, state: Any, data: dict[str, jax.Array], chunks: Chunks, *,
+def eval_sums(eval_fn: Callable, state: steps.TrainState, data: dict[str, jax.Array], chunks: Chunks, *,
               with_probs: bool = False) -> tuple[dict[str, jax.Array], list[jax.Array]]:
   """On-device loss/correct/count sums over a split (and its per-chunk probabilities)."""
   total, probs = None, []
@@ -49,30 +53,14 @@ def summarise_eval(total: dict[str, Any]) -> dict[str, Any]:
           "acc": float(total["correct"]) / max(count, 1.0), "count": int(count)}
 
 
-def evaluate(eval_fn: Callable, state: Any, data: dict[str, jax.Array], chunks: Chunks, *,
-             with_probs: bool = False) -> dict[str, Any]:
-  """Eval-mode loss/accuracy over a split (and optionally its class probabilities)."""
-  total, probs = eval_sums(eval_fn, state, data, chunks, with_probs=with_probs)
-  out = summarise_eval(parallel.fetch(total))
-  if with_probs:
-    out["probs"] = np.asarray(parallel.fetch(jnp.concatenate(probs)))[:out["count"]]
-  return out
-
-
-def evaluate_members(eval_fn: Callable, state: Any, data: dict[str, jax.Array],
-                     chunks: Chunks, num_members: int, *,
-                     with_probs: bool = False) -> list[dict[str, Any]]:
-  """``evaluate`` for each member: one dict per member (K = 1: a list of one).
-
-  K > 1 runs the vmapped ``eval_fn`` (every member in one call per chunk) and
-  still fetches once.
-  """
-  if num_members == 1:
-    return [evaluate(eval_fn, state, data, chunks, with_probs=with_probs)]
+def evaluate(eval_fn: Callable, state: steps.TrainState, data: dict[str, jax.Array],
+             chunks: Chunks, *, with_probs: bool = False) -> list[dict[str, Any]]:
+  """Eval-mode loss/accuracy over a split for each member (and optionally its class
+  probabilities): one dict per member, every member in one call per chunk, one fetch."""
   total, probs = parallel.fetch(eval_sums(eval_fn, state, data, chunks,
                                           with_probs=with_probs))
   out = []
-  for k in range(num_members):
+  for k in range(members_lib.count(total)):
     ev = summarise_eval(members_lib.take(total, k))
     if with_probs:
       ev["probs"] = np.concatenate([np.asarray(p[k]) for p in probs])[:ev["count"]]
@@ -80,9 +68,9 @@ def evaluate_members(eval_fn: Callable, state: Any, data: dict[str, jax.Array],
   return out
 
 
-def with_branch_gate(state: Any, value: Any) -> Any:
+def with_branch_gate(state: steps.TrainState, value: Any) -> steps.TrainState:
   """``state`` with the sequence branch's evaluation weight set (models with a cell head);
-  ``value`` is one weight, or one per member for a stacked state."""
+  ``value`` is one weight, or one per member."""
   if "branch_gate" not in state.batch_stats:
     return state
   stats = dict(state.batch_stats)
@@ -91,7 +79,8 @@ def with_branch_gate(state: Any, value: Any) -> Any:
   return state.replace(batch_stats=stats)
 
 
-def select_branch_gate(run: Any, state: Any) -> tuple[Any, dict[str, Any] | None]:
+def select_branch_gate(run: run_lib.Run, state: steps.TrainState
+                       ) -> tuple[steps.TrainState, dict[str, Any] | None]:
   """Sets the weight of the sequence branch against the per-cell head on VALIDATION.
 
   Why: the per-cell head alone is a logistic regression on the last cell; the
@@ -102,14 +91,14 @@ def select_branch_gate(run: Any, state: Any) -> tuple[Any, dict[str, Any] | None
   loss; test never takes part. Returns the state with the chosen weight (it
   then travels with the weights) and what was measured, or (state, None) for a
   model without a cell head or an empty grid. Members choose their own weight
-  (K > 1: "chosen", "val_acc" and "val_loss" hold one entry per member).
+  ("chosen", "val_acc" and "val_loss" hold one entry per member; ``members.unwrap``).
   """
   grid = tuple(float(g) for g in run.config.train.get("branch_gate_grid", ()))
   if "branch_gate" not in state.batch_stats or not grid:
     return state, None
   k = run.num_members
-  scores = [evaluate_members(run.fns.eval_chunk, with_branch_gate(state, g), run.data,
-                             run.chunks["val"], k) for g in grid]   # [gate][member]
+  scores = [evaluate(run.fns.eval_chunk, with_branch_gate(state, g), run.data,
+                     run.chunks["val"]) for g in grid]   # [gate][member]
   chosen, val_acc, val_loss = [], [], []
   for m in range(k):
     best = max(range(len(grid)), key=lambda i: (scores[i][m]["acc"], -scores[i][m]["loss"]))
@@ -118,39 +107,36 @@ def select_branch_gate(run: Any, state: Any) -> tuple[Any, dict[str, Any] | None
     val_loss.append([s[m]["loss"] for s in scores])
   logging.info("branch gate %s chosen on validation (val acc per gate %s)", chosen,
                {g: [round(s[m]["acc"], 4) for m in range(k)] for g, s in zip(grid, scores)})
-  if k == 1:
-    chosen, val_acc, val_loss = chosen[0], val_acc[0], val_loss[0]
+  unwrap = members_lib.unwrap
   return with_branch_gate(state, chosen), {
-      "chosen": chosen, "grid": list(grid), "val_acc": val_acc, "val_loss": val_loss}
+      "chosen": unwrap(chosen), "grid": list(grid), "val_acc": unwrap(val_acc),
+      "val_loss": unwrap(val_loss)}
 
 
-def predict(run: Any, state: Any, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-  """Class probabilities (N, C) for new, unlabelled sequences in eval mode (K > 1
-  members: their ensemble, the mean of their probabilities)."""
+def predict(run: run_lib.Run, state: steps.TrainState, x: np.ndarray,
+            mask: np.ndarray) -> np.ndarray:
+  """Class probabilities (N, C) for new, unlabelled sequences in eval mode: the
+  members' ensemble, the mean of their probabilities."""
   data = input_pipeline.device_arrays(x, np.zeros(len(x), np.int32), mask)
   chunks = input_pipeline.eval_chunks(np.arange(len(x)),
                                       input_pipeline.chunk_size(run.config, len(x)))
-  evs = evaluate_members(run.fns.eval_chunk, state, data, chunks,
-                         run.num_members, with_probs=True)
-  return evs[0]["probs"] if len(evs) == 1 else members_lib.ensemble_probs(
-      [e["probs"] for e in evs])
+  evs = evaluate(run.fns.eval_chunk, state, data, chunks, with_probs=True)
+  return members_lib.ensemble_probs([e["probs"] for e in evs])
 
 
-def _ensemble_evals(run: Any, state: Any) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+def _ensemble_evals(run: run_lib.Run, state: steps.TrainState
+                    ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
   """Every split scored by the members' ensemble, and each member's own scores."""
   split, y = np.asarray(run.dataset.split), np.asarray(run.dataset.y)
   evals, per_member = {}, {}
   for name in splits_lib.SPLITS:
-    evs = evaluate_members(run.fns.eval_chunk, state, run.data, run.chunks[name],
-                           run.num_members, with_probs=True)
-    y_split = y[split == splits_lib.SPLIT_IDS[name]]
-    evals[name] = members_lib.scores(members_lib.ensemble_probs([e["probs"] for e in evs]),
-                                     y_split)
+    evs = evaluate(run.fns.eval_chunk, state, run.data, run.chunks[name], with_probs=True)
+    evals[name] = members_lib.ensemble_scores(evs, y[split == splits_lib.SPLIT_IDS[name]])
     per_member[name] = evs
   return evals, per_member
 
 
-def _members_summary(run: Any, per_member: dict[str, list[dict[str, Any]]],
+def _members_summary(run: run_lib.Run, per_member: dict[str, list[dict[str, Any]]],
                      meta: dict[str, Any]) -> dict[str, Any]:
   """Each member's own numbers, and their mean and std, beside the ensemble's."""
   out: dict[str, Any] = {"num_members": run.num_members,
@@ -178,24 +164,21 @@ def _members_summary(run: Any, per_member: dict[str, list[dict[str, Any]]],
   return out
 
 
-def report_best(run: Any, workdir: str, ckpt: checkpoint_lib.Checkpointer,
-                records: list[dict[str, Any]], es: monitor.EarlyStopping,
+def report_best(run: run_lib.Run, workdir: str, ckpt: checkpoint_lib.Checkpointer,
+                records: list[dict[str, Any]], es: members_lib.MemberStopping,
                 t_start: float, *,
-                on_best: Callable[[Any, Any, str], Any] | None = None) -> dict[str, Any]:
+                on_best: Callable[[run_lib.Run, steps.TrainState, str], Any] | None = None
+                ) -> dict[str, Any]:
   """Evaluates the best checkpoint's weights on every split and writes the report.
 
   ``on_best(run, state, workdir)``, when given, receives the best state with the
   chosen branch gate (the exported model must carry exactly what was reported).
   """
   state, meta = ckpt.restore_best(run.abstract_state)
+  state = members_lib.from_storage(state, run.num_members)
   state, gate = select_branch_gate(run, state)
   k = run.num_members
-  if k == 1:
-    evals = {name: evaluate(run.fns.eval_chunk, state, run.data, run.chunks[name],
-                            with_probs=(name == "test"))
-             for name in splits_lib.SPLITS}
-  else:
-    evals, per_member = _ensemble_evals(run, state)
+  evals, per_member = _ensemble_evals(run, state)
   split = np.asarray(run.dataset.split)
   results = report_lib.summarise(
       config=run.config,
@@ -209,7 +192,7 @@ def report_best(run: Any, workdir: str, ckpt: checkpoint_lib.Checkpointer,
       wall_seconds=time.time() - t_start,
   )
   results["branch_gate"] = gate
-  if k > 1:
+  if k > 1:   # a one-member run's report is its member's own: no table of one
     results["members"] = _members_summary(run, per_member, meta)
   report_lib.write_report(workdir, results, records)
   if on_best is not None:

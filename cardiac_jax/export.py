@@ -13,9 +13,10 @@ into one folder:
 
 ``load_model`` reads it back into a ``Model`` with a jitted, chunked
 ``predict_sequences``. The training data's identity (cache key, path, size,
-mtime) is recorded as information only, never checked.
+mtime) is recorded as information only, never checked. Weights are stored as
+checkpoints store them (``members.to_storage``: no member axis for one model).
 
-  python -m cardiac_jax.export --workdir=runs/scale1   # older workdirs
+  cardiac-jax export --workdir=runs/scale1   # older workdirs (inference.export_workdir)
 """
 from __future__ import annotations
 
@@ -61,8 +62,9 @@ PREDICT_CHUNK = 1024
 
 
 def _flat_variables(state: Any) -> dict[str, np.ndarray]:
-  variables = {"params": optim.eval_params(state.params, state.opt_state),
-               "batch_stats": state.batch_stats}
+  variables = members_lib.to_storage(
+      {"params": optim.eval_params(state.params, state.opt_state),
+       "batch_stats": state.batch_stats})
   flat = traverse_util.flatten_dict(jax.device_get(variables), sep="/")
   return {k: np.asarray(v) for k, v in flat.items()}
 
@@ -145,8 +147,9 @@ def export_model(run: Any, state: Any, workdir: str | os.PathLike, *,
     raise DataError(f"the dataset has {run.dataset.num_features} features but the "
                     f"preprocessor gives {n_pcs} PCs (+2); the cached preprocessor belongs to "
                     "another dataset - delete the cache entry and rebuild.")
-  gate = state.batch_stats.get("branch_gate") if hasattr(state.batch_stats, "get") else None
-  files = {VARIABLES_FILE: _npz_bytes(_flat_variables(state))}
+  flat = _flat_variables(state)
+  gate = flat.get("batch_stats/branch_gate")
+  files = {VARIABLES_FILE: _npz_bytes(flat)}
   buffer = io.BytesIO()
   preprocessor.save_to(buffer)
   files[PREPROCESSOR_FILE] = buffer.getvalue()
@@ -205,13 +208,15 @@ def export_if_possible(run: Any, state: Any, workdir: str | os.PathLike) -> path
 # ---------------------------------------------------------------- load
 
 
-@functools.partial(jax.jit, static_argnames=("module", "members"))
-def _probs(variables: Any, x: jax.Array, mask: jax.Array, *, module: Any,
-           members: int = 1) -> jax.Array:
-  """Eval-mode probabilities; a model of K > 1 members gives their mean (the ensemble)."""
-  def one(v):
+@functools.partial(jax.jit, static_argnames=("module", "num_members"))
+def probabilities(variables: Any, x: jax.Array, mask: jax.Array, *, module: Any,
+                  num_members: int) -> jax.Array:
+  """Eval-mode probabilities of the members' ensemble (the mean of their probabilities);
+  ``variables`` as stored (``members.to_storage``)."""
+  def one(v, x, mask):
     return jax.nn.softmax(module.apply(v, x, mask, train=False).astype(jnp.float32), axis=-1)
-  return one(variables) if members == 1 else jnp.mean(jax.vmap(one)(variables), axis=0)
+  per_member = members_lib.over_members(one, num_members, "vmap", (0, None, None))
+  return jnp.mean(per_member(members_lib.from_storage(variables, num_members), x, mask), axis=0)
 
 
 @dataclasses.dataclass
@@ -222,7 +227,7 @@ class Model:
   class_names: tuple[str, ...]
   time_labels: tuple[str, ...]
   preprocessor: Any               # cardiac_jax.data.preprocess.Preprocessor
-  variables: dict[str, Any]
+  variables: dict[str, Any]       # as stored: the member axis only for K > 1
   model: Any                      # the Flax module
   info: dict[str, Any]
 
@@ -273,7 +278,8 @@ class Model:
       if pad:
         xs = np.concatenate([xs, np.zeros((pad,) + xs.shape[1:], np.float32)])
         ms = np.concatenate([ms, np.ones((pad,) + ms.shape[1:], np.float32)])
-      p = _probs(self.variables, xs, ms, module=self.model, members=self.num_members)
+      p = probabilities(self.variables, xs, ms, module=self.model,
+                        num_members=self.num_members)
       out[start:start + size - pad] = np.asarray(p)[:size - pad]
     return out
 
@@ -285,7 +291,7 @@ def _model_dir(path: str | os.PathLike) -> pathlib.Path:
   if not (path / MODEL_JSON).is_file():
     raise DataError(f"no exported model at {path} ({MODEL_JSON} missing); pass the "
                     f"<workdir>/{MODEL_DIR} folder of a finished run, or export an older "
-                    "workdir with: python -m cardiac_jax.export --workdir=<workdir>")
+                    "workdir with: cardiac-jax export --workdir=<workdir>")
   return path
 
 
@@ -293,7 +299,19 @@ def load_model(path: str | os.PathLike) -> Model:
   """Loads ``<workdir>/model`` (or the workdir) without the training data or the cache."""
   from cardiac_jax.data import preprocess  # pylint: disable=g-import-not-at-top
   path = _model_dir(path)
-  info = json.loads((path / MODEL_JSON).read_text())
+  try:
+    info = json.loads((path / MODEL_JSON).read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise DataError(f"{path / MODEL_JSON} is not readable JSON ({e}); the model folder is "
+                    "damaged: copy the whole folder again, or re-export the run with "
+                    "cardiac-jax export --workdir=<workdir>") from e
+  if not isinstance(info, dict):
+    raise DataError(f"{path / MODEL_JSON} holds no model description; copy the whole folder "
+                    "again, or re-export the run with cardiac-jax export --workdir=<workdir>")
+  absent = [name for name in (VARIABLES_FILE, PREPROCESSOR_FILE) if not (path / name).is_file()]
+  if absent:
+    raise DataError(f"the model folder {path} lacks {', '.join(absent)}; copy the whole folder "
+                    "again, or re-export the run with cardiac-jax export --workdir=<workdir>")
   if int(info.get("format_version", -1)) != FORMAT_VERSION:
     raise DataError(f"{path} has model format {info.get('format_version')}, this code reads "
                     f"{FORMAT_VERSION}; re-export it with this version of cardiac_jax")
@@ -312,42 +330,3 @@ def load_model(path: str | os.PathLike) -> Model:
   return Model(path=path.resolve(), config=config, class_names=tuple(info["class_names"]),
                time_labels=tuple(info["time_labels"]), preprocessor=pp,
                variables=variables, model=module, info=info)
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def export_workdir(workdir: str | os.PathLike) -> pathlib.Path:
-  """Exports an older workdir from its config.json and the cached preprocessor."""
-  from cardiac_jax import fingerprint as fingerprint_lib  # pylint: disable=g-import-not-at-top
-  from cardiac_jax import inference  # pylint: disable=g-import-not-at-top
-  from cardiac_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  payload = fingerprint_lib.read_config_file(str(workdir))
-  if payload is None:
-    raise ConfigError(f"no {fingerprint_lib.CONFIG_FILE} in {workdir}; pass the --workdir of "
-                      "a trained run")
-  config = ml_collections.ConfigDict(payload["config"])
-  for name in ("classes", "drop_labels", "fate_classes", "time_order"):
-    if isinstance(config.data.get(name), list):
-      config.data[name] = tuple(config.data[name])
-  run, state, _ = inference.restore_best(config, str(workdir))
-  return export_model(run, state, workdir)
-
-
-def main(argv: list[str]) -> None:
-  del argv
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  path = export_workdir(flags.FLAGS.workdir)
-  print(f"exported {path}")
-
-
-def _define_flags() -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("workdir", None, "Run directory to export (its config.json is read).")
-  flags.mark_flag_as_required("workdir")
-
-
-if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  _define_flags()
-  app.run(main)

@@ -52,6 +52,7 @@ ADDED_FIELDS = {
     "train.num_members": 1,
     "train.member_axis": "auto",
     "data.fate_classes": ["CM", "CF"],
+    "data.task": "snapshot",
 }
 
 

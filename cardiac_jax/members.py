@@ -18,11 +18,20 @@ are no longer recorded and its best weights are frozen. The best checkpoint
 holds every member's own best weights (``merge_best``).
 
 The ensemble predicts the mean of the members' probabilities.
+
+Every run is a K-member run: the state always has the member axis, and the
+callers never branch on K. What K = 1 must keep from the time before members
+existed lives here and nowhere else: its compiled program is the single
+model's (``over_members`` takes member 0 and puts the axis back, so the golden
+numbers hold), its checkpoints, exports and stopping metadata are stored
+without the axis (``to_storage`` / ``from_storage``: old workdirs resume, old
+models load), and its report shows scalars, not lists of one (``unwrap``,
+``epoch_record``, ``ensemble_scores``, ``summary``).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -67,8 +76,60 @@ def seeds(config: ml_collections.ConfigDict) -> list[int]:
 
 
 def take(tree: Any, k: int) -> Any:
-  """Member ``k`` of a stacked pytree (host or device arrays)."""
-  return jax.tree.map(lambda a: a[k], tree)
+  """Member ``k`` of a stacked pytree (host or device arrays, or their abstract shapes)."""
+  def one(a):
+    if isinstance(a, jax.ShapeDtypeStruct):
+      return jax.ShapeDtypeStruct(a.shape[1:], a.dtype, sharding=a.sharding)
+    return a[k]
+  return jax.tree.map(one, tree)
+
+
+def count(tree: Any) -> int:
+  """K of a stacked pytree: the length of its leaves' leading axis."""
+  return int(jax.tree.leaves(tree)[0].shape[0])
+
+
+def unwrap(values: Sequence[Any]) -> Any:
+  """Per-member values as a report shows them: the value itself for one member."""
+  values = list(values)
+  return values[0] if len(values) == 1 else values
+
+
+def over_members(fn: Callable, k: int, axis: str, in_axes: tuple) -> Callable:
+  """``fn`` over the leading member axis of the arguments marked 0 in ``in_axes``.
+
+  K > 1: batched (``vmap``) or one member after another in the same program
+  (``map``). K = 1: member 0 through ``fn`` and the axis put back, which
+  compiles to the single model's program.
+  """
+  def members_of(args):
+    return tuple(a for a, ax in zip(args, in_axes) if ax == 0)
+
+  def with_member(args, member):
+    it = iter(member)
+    return tuple(next(it) if ax == 0 else a for a, ax in zip(args, in_axes))
+
+  if k == 1:
+    def single(*args):
+      out = fn(*with_member(args, take(members_of(args), 0)))
+      return jax.tree.map(lambda a: a[None], out)
+    return single
+  if axis == "vmap":
+    return jax.vmap(fn, in_axes=in_axes)
+
+  def mapped(*args):
+    return jax.lax.map(lambda member: fn(*with_member(args, member)), members_of(args))
+  return mapped
+
+
+def to_storage(tree: Any) -> Any:
+  """A stacked state as checkpoints and exports store it: without the axis for K = 1."""
+  return take(tree, 0) if count(tree) == 1 else tree
+
+
+def from_storage(tree: Any, k: int) -> Any:
+  """A stored state of ``k`` members with its member axis (``to_storage`` undone)."""
+  return jax.tree.map(lambda a: a[None], tree) if k == 1 else tree
 
 
 def merge_best(best: Any, state: Any, improved: Sequence[bool]) -> Any:
@@ -121,20 +182,52 @@ class MemberStopping:
     return all(es.should_stop for es in self.members)
 
   @property
-  def best_epoch(self) -> list[int]:
-    return [es.best_epoch for es in self.members]
+  def best_epoch(self) -> int | list[int]:
+    return unwrap(es.best_epoch for es in self.members)
 
   @property
-  def best_value(self) -> list[float | None]:
-    return [es.best_value for es in self.members]
+  def best_value(self) -> float | None | list[float | None]:
+    return unwrap(es.best_value for es in self.members)
 
   def to_dict(self) -> dict[str, Any]:
+    """Checkpoint metadata; one member stores its own ``EarlyStopping`` dict."""
+    if len(self.members) == 1:
+      return self.members[0].to_dict()
     return {"members": [es.to_dict() for es in self.members]}
 
   @classmethod
   def from_dict(cls, d: dict[str, Any], patience: int | None = None) -> "MemberStopping":
+    stored = d["members"] if "members" in d else [d]
     return cls(tuple(monitor.EarlyStopping.from_dict(
-        {**m, **({} if patience is None else {"patience": patience})}) for m in d["members"]))
+        {**m, **({} if patience is None else {"patience": patience})}) for m in stored))
+
+
+def stopping(config: ml_collections.ConfigDict,
+             stored: dict[str, Any] | None = None) -> MemberStopping:
+  """Early stopping of every member, fresh or from checkpoint metadata.
+
+  The patience is always the config's (it may change on resume); the counters
+  carry over.
+  """
+  metric, patience = config.train.early_stopping_metric, config.train.early_stopping_patience
+  if stored is None:
+    return MemberStopping.for_metric(metric, patience, num_members(config))
+  return MemberStopping.from_dict(stored, patience)
+
+
+def epoch_record(records: Sequence[dict[str, Any] | None],
+                 monitor_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The epoch's line of metrics.jsonl from each member's record: the record
+  itself for one member, else ``mean_record``."""
+  return dict(records[0]) if len(records) == 1 else mean_record(records, monitor_cfg)
+
+
+def ensemble_scores(member_evals: Sequence[dict[str, Any]], y: np.ndarray) -> dict[str, Any]:
+  """A split scored by the ensemble (the mean of the members' probabilities);
+  one member's own scores as they are (on-device sums, unrounded)."""
+  if len(member_evals) == 1:
+    return member_evals[0]
+  return scores(ensemble_probs([e["probs"] for e in member_evals]), y)
 
 
 def mean_record(records: Sequence[dict[str, Any] | None],

@@ -155,7 +155,8 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
     ``obs[f"{key_added}_label"]`` (categorical over the model's classes),
     ``obs[f"{key_added}_confidence"]`` (max averaged probability),
     ``obsm[f"{key_added}_probs"]`` (cells x classes, names in ``uns``),
-    ``obsm[f"X_pca_{key_added}"]`` (the embedding) and ``uns[key_added]``.
+    ``obsm[f"X_pca_{key_added}"]`` (the embedding), ``obs[f"{key_added}_no_counts"]``
+    (cells without counts: no prediction, NaN) and ``uns[key_added]``.
 
   Raises:
     DataError: no time column, unknown time labels, non-count data, too few of
@@ -173,7 +174,7 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
   times = _time_column(adata, time_key)
   time_index = map_time_labels(times, model.time_labels)
   layer = counts_layer or ""
-  matrix = ingest._counts_matrix(adata, layer, "counts_layer (--counts_layer)")  # pylint: disable=protected-access
+  matrix = ingest.counts_matrix(adata, layer, "counts_layer (--counts_layer)")
   ingest.check_counts(matrix, f"layers[{layer!r}]" if layer else "X",
                       "counts_layer= (--counts_layer)")
   gene_names = np.asarray(adata.var_names).astype(str)
@@ -196,9 +197,24 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
   anchors = np.arange(n, dtype=np.int64)
   if fate_cfg:   # before the embedding: a missing population column fails fast
     anchors = np.flatnonzero(_pre_branch(adata, fate_cfg, population_key))
+  # A cell without counts has no expression to read: it would sit at the training
+  # mean, on walks of its neighbours too. It is flagged and left unpredicted (NaN)
+  # rather than failing a whole file for a few empty droplets.
+  empty = np.asarray(matrix.sum(axis=1)).ravel() == 0
+  if empty.all():
+    raise DataError("every cell has zero counts; pass the raw counts (counts_layer= / "
+                    "--counts_layer) or filter the empty droplets out")
+  if empty.any():
+    logging.warning("%d of %d cells have no counts (empty droplets?): they get no prediction "
+                    "(NaN) and obs[%r] = True", int(empty.sum()), n, f"{key_added}_no_counts")
+  kept = np.flatnonzero(~empty)
+  anchors = anchors[~empty[anchors]]
   pcs = embed(matrix, gene_names, model.preprocessor)
-  probs = walk_probabilities(model, pcs, time_index, anchors, n_walks=n_walks, seed=seed,
-                             progress=progress)
+  probs = np.full((n, len(model.class_names)), np.nan, np.float32)
+  probs[anchors] = walk_probabilities(model, pcs[kept], time_index[kept],
+                                      np.searchsorted(kept, anchors), n_walks=n_walks,
+                                      seed=seed, progress=progress)
+  adata.obs[f"{key_added}_no_counts"] = empty
   fraction = float(model.info["walks"].get("observed_fraction", 1.0))
   params = {"time_key": time_key, "counts_layer": layer, "n_walks": int(n_walks),
             "seed": int(seed), "walk_length": int(length), "k_neighbors": int(k),
@@ -215,14 +231,15 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
   if len(days) == 1:
     logging.warning("the data holds a single time point (%s): walks stay within it, so the "
                     "predictions use no lineage path", days[0])
+  common["n_no_counts"] = int(empty.sum())
   if fate_cfg:
-    return _write_fate(adata, model, anchors, probs, key_added, common,
+    return _write_fate(adata, model, anchors, probs[anchors], key_added, common,
                        dict(params, population_key=population_key or fate_cfg["population_key"]))
 
   names = list(model.class_names)
-  best = probs.argmax(axis=1)
+  best = np.where(empty, -1, np.argmax(np.nan_to_num(probs, nan=-1.0), axis=1))
   adata.obs[f"{key_added}_label"] = pd.Categorical.from_codes(best, categories=names)
-  adata.obs[f"{key_added}_confidence"] = probs.max(axis=1)
+  adata.obs[f"{key_added}_confidence"] = np.max(probs, axis=1)
   adata.obsm[f"{key_added}_probs"] = probs
   adata.uns[key_added] = {
       **common,
@@ -231,8 +248,9 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
       "keys": {"label": f"{key_added}_label", "confidence": f"{key_added}_confidence",
                "probs": f"{key_added}_probs", "embedding": f"X_pca_{key_added}"},
   }
-  counts = np.bincount(best, minlength=len(names))
-  logging.info("predicted %d cells: %s", n, {c: int(k) for c, k in zip(names, counts)})
+  counts = np.bincount(best[~empty], minlength=len(names))
+  logging.info("predicted %d cells: %s", int((~empty).sum()),
+               {c: int(k) for c, k in zip(names, counts)})
   return adata
 
 
@@ -351,6 +369,12 @@ def predict_file(model_path: str | os.PathLike, input_path: str | os.PathLike,
     raise DataError(f"--output {output_path} is the input file; write to a new file")
   model = export_lib.load_model(model_path)
   adata = ingest.load_h5ad(input_path)
+  if not adata.obs_names.is_unique:
+    repeated = adata.obs_names[adata.obs_names.duplicated()].unique()
+    raise DataError(
+        f"{input_path}: {len(repeated)} cell name(s) repeat (e.g. {list(repeated[:3])}), so "
+        "the rows of predictions.csv could not be joined back to the cells; make them unique "
+        "first (adata.obs_names_make_unique(), then write the h5ad again)")
   adata = predict(adata, model, **kwargs)
   written = write_predictions(adata, output_path, csv_path,
                               key_added=kwargs.get("key_added", "cardiac_jax"))
@@ -376,37 +400,3 @@ def write_predictions(adata: Any, output_path: str | os.PathLike, csv_path: str 
     adata.write_h5ad(tmp_h5ad)
     predictions_table(adata, key_added).to_csv(tmp_csv, index=False)
   return {"h5ad": output_path, "csv": csv_path}
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def define_flags() -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("model", None, "Exported model folder (<workdir>/model) or workdir.")
-  flags.DEFINE_string("input", None, "The .h5ad of cells to annotate (raw counts).")
-  flags.DEFINE_string("output", None, "The annotated .h5ad to write.")
-  flags.DEFINE_string("csv", "", "predictions table (default predictions.csv next to --output)")
-  flags.DEFINE_string("plots_dir", "", "write the prediction plots (PNG) here; '' = none")
-  flags.DEFINE_string("true_key", "", "obs column with known labels, plotted when present")
-  flags.DEFINE_string("time_key", "diffday", "obs column of the time points")
-  flags.DEFINE_string("counts_layer", "", "layer holding raw counts ('' = X)")
-  flags.DEFINE_integer("n_walks", 8, "walks ending at each cell (probabilities averaged)")
-  flags.DEFINE_integer("seed", 0, "seed of the walks")
-  flags.DEFINE_string("population_key", "", "fate models: obs column of the populations "
-                      "('' = the training data's)")
-  flags.mark_flags_as_required(["model", "input", "output"])
-
-
-def main(argv: list[str]) -> None:
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  f = flags.FLAGS
-  written = predict_file(f.model, f.input, f.output, csv_path=f.csv or None,
-                         plots_dir=f.plots_dir or None, true_key=f.true_key,
-                         time_key=f.time_key, counts_layer=f.counts_layer or None,
-                         n_walks=f.n_walks, seed=f.seed, population_key=f.population_key)
-  for what, path in written.items():
-    print(f"wrote {what}: {path}")

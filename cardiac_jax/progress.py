@@ -27,8 +27,9 @@ def enabled(progress: bool | None) -> bool:
   return bool(isatty and isatty()) or in_notebook()
 
 
-def bar(total: int, *, desc: str, unit: str, progress: bool | None) -> Any:
-  """A ``tqdm.auto.tqdm`` over ``total`` items, disabled per ``enabled(progress)``."""
+def bar(total: int, *, desc: str, unit: str, progress: bool | None, initial: int = 0) -> Any:
+  """A ``tqdm.auto.tqdm`` over ``total`` items (``initial`` already done), disabled per
+  ``enabled(progress)``."""
   from tqdm import auto as tqdm_auto  # pylint: disable=g-import-not-at-top
-  return tqdm_auto.tqdm(total=total, desc=desc, unit=unit, disable=not enabled(progress),
-                        dynamic_ncols=True)
+  return tqdm_auto.tqdm(total=total, initial=initial, desc=desc, unit=unit,
+                        disable=not enabled(progress), dynamic_ncols=True)

@@ -122,10 +122,19 @@ def success_criteria(results: dict[str, Any],
           "value": results["acc_gap"], "threshold": monitor_cfg.target_gap,
           "rule": f"train - val accuracy at the best epoch < {monitor_cfg.target_gap}",
           "passed": results["acc_gap"] < monitor_cfg.target_gap},
+      # Judged both ways: against the eval-mode training accuracy (the best
+      # weights re-scored without dropout), and against the running accuracy
+      # that Keras / PyTorch loops print (the epoch's batches in training mode,
+      # dropout and the regularisers on), which the seed's criterion was written for.
       "val_not_below_train": {
           "value": results["val_acc"] - results["train_acc"], "threshold": 0.0,
-          "rule": "validation accuracy >= training accuracy (best epoch)",
-          "passed": results["val_acc"] >= results["train_acc"]},
+          "rule": "validation accuracy >= training accuracy (best epoch, eval mode)",
+          "passed": results["val_acc"] >= results["train_acc"],
+          "running": {
+              "value": results["val_acc"] - results["train_acc_running"], "threshold": 0.0,
+              "rule": "validation accuracy >= running training accuracy (best epoch's "
+                      "batches in training mode)",
+              "passed": results["val_acc"] >= results["train_acc_running"]}},
       "val_test_agreement": {
           "value": results["val_test_diff"], "threshold": monitor_cfg.val_test_tolerance,
           "rule": f"|val - test accuracy| <= {monitor_cfg.val_test_tolerance}",
@@ -145,6 +154,7 @@ def summarise(*, config: ml_collections.ConfigDict, evals: dict[str, dict[str, A
   """
   y_pred = np.argmax(evals["test"]["probs"], axis=-1)
   cls = classification_metrics(np.asarray(y_test), y_pred, class_names)
+  best = next((r for r in records if r["epoch"] == int(best_epoch)), {})
   results = {
       "test_acc": evals["test"]["acc"],
       "test_loss": evals["test"]["loss"],
@@ -153,6 +163,9 @@ def summarise(*, config: ml_collections.ConfigDict, evals: dict[str, dict[str, A
       "val_loss": evals["val"]["loss"],
       "train_acc": evals["train"]["acc"],
       "train_loss": evals["train"]["loss"],
+      # The best epoch's batches in training mode (dropout on; members: their mean).
+      "train_acc_running": float(best.get("train_acc_running", float("nan"))),
+      "train_loss_running": float(best.get("train_loss_running", float("nan"))),
       **monitor.gaps(evals["train"]["acc"], evals["val"]["acc"], evals["train"]["loss"],
                      evals["val"]["loss"]),
       "val_test_diff": abs(evals["val"]["acc"] - evals["test"]["acc"]),
@@ -208,6 +221,8 @@ def _markdown(results: dict[str, Any]) -> str:
       f"| macro-F1 (test) | {results['macro_f1']:.4f} |",
       f"| validation accuracy (best epoch) | {results['val_acc']:.4f} |",
       f"| training accuracy (best epoch, eval mode) | {results['train_acc']:.4f} |",
+      f"| training accuracy (best epoch, running in training mode) | "
+      f"{results.get('train_acc_running', float('nan')):.4f} |",
       f"| accuracy gap (train - val) | {results['acc_gap']:+.4f} |",
       f"| loss gap (val - train) | {results['loss_gap']:+.4f} |",
       f"| \\|val - test\\| | {results['val_test_diff']:.4f} |",
@@ -224,9 +239,11 @@ def _markdown(results: dict[str, Any]) -> str:
       f"| wall time (this call) | {results['wall_seconds']:.1f} s |",
       "", "## Success criteria", "", "| criterion | value | result |", "|---|---|---|",
   ]
-  for c in results["criteria"].values():
-    rule = c["rule"].replace("|", "\\|")
-    lines.append(f"| {rule} | {c['value']:.4f} | {'PASS' if c['passed'] else 'FAIL'} |")
+  for criterion in results["criteria"].values():
+    for c in (criterion, criterion.get("running")):
+      if c:
+        rule = c["rule"].replace("|", "\\|")
+        lines.append(f"| {rule} | {c['value']:.4f} | {'PASS' if c['passed'] else 'FAIL'} |")
   if results.get("members"):
     lines += _members_markdown(results["members"])
   lines += ["", "## Per-class (test)", "", "| class | precision | recall | F1 | support |",
@@ -265,6 +282,8 @@ def plot_learning_curves(metrics: str | os.PathLike | Records, path: str) -> str
   ax = axes[1]
   ax.plot(ep, [r["train_acc"] for r in recs], "o-", label="train (eval mode)")
   ax.plot(ep, [r["val_acc"] for r in recs], "o-", label="validation")
+  ax.plot(ep, [r["train_acc_running"] for r in recs], "--", alpha=0.6,
+          label="train (running, training mode)")
   ax.set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
   ax.legend()
   ax = axes[2]

@@ -26,6 +26,7 @@ from cardiac_jax import fileio
 from cardiac_jax.data import dataset as dataset_lib
 from cardiac_jax.data import ingest
 from cardiac_jax.data import preprocess
+from cardiac_jax.data import sources
 from cardiac_jax.data.errors import DataError
 
 # Drawn at most this many background points per scatter (a 230K-cell embedding
@@ -71,11 +72,11 @@ def load_cells_and_features(config: Any) -> ExplorationData:
   ds = dataset_lib.build_dataset(data_cfg, cache=True)
   _, pp_path = dataset_lib.cache_paths(data_cfg)
   pp = preprocess.Preprocessor.load(pp_path)
-  cells = ingest.prepare_cells(dataset_lib.load_cells(data_cfg), data_cfg)
+  cells = ingest.prepare_cells(sources.load_cells(data_cfg), data_cfg)
   pcs = np.asarray(pp.transform(cells.counts, cells.gene_names), np.float32)
   spots = None
   if data_cfg.spatial.enabled and int(data_cfg.sequences.spatial_total) > 0:
-    spots = ingest.prepare_spots(dataset_lib.load_spots(data_cfg), data_cfg, cells.class_names)
+    spots = ingest.prepare_spots(sources.load_spots(data_cfg), data_cfg, cells.class_names)
   return ExplorationData(dataset=ds, cells=cells, pcs=pcs, spots=spots, preprocessor=pp)
 
 

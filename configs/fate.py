@@ -2,23 +2,24 @@
 
   python -m cardiac_jax.main --config=configs/fate.py                 # train + export
   python -m cardiac_jax.main --config=configs/fate.py:quick           # debug-sized, seconds
-  python -m cardiac_jax.predict --model=runs/fate/model --input=cells.h5ad \\
+  cardiac-jax predict --model=runs/fate/model --input=cells.h5ad \\
       --output=cells_fate.h5ad --plots_dir=plots                      # fate per cell
 
 The classes are the terminal populations (``data.fate.terminal``); sequences
 end at pre-branch cells (``data.fate.pre_branch``) and are walks paced by that
-cell's own day, as at prediction (see cardiac_jax/fate.py). Walks are shorter
+cell's own day, as at prediction (see cardiac_jax/data/fate.py). Walks are shorter
 than the six-class runs' (32 steps): the days before a progenitor are few.
 """
 import ml_collections
 
 from cardiac_jax import config_lib
-from cardiac_jax import fate
+from cardiac_jax.data import fate
 
 
 def get_config(arg=None):
   config = config_lib.base_config()
   config.name = "fate"
+  config.data.task = "fate"
   config.data.spatial.enabled = False
   config.data.sequences.length = 32
   config.data.sequences.k_neighbors = 30       # as CellRank's kNN graph (scanpy, k=30)

@@ -14,6 +14,8 @@ from cardiac_jax.data import errors
 from cardiac_jax.data import ingest
 from cardiac_jax.data import preprocess
 from cardiac_jax.data import simulator
+from cardiac_jax.data import snapshot
+from cardiac_jax.data import sources
 from cardiac_jax.data import splits
 
 
@@ -168,7 +170,7 @@ def test_spatial_classes_are_chosen_from_training_spots_only():
   labels = np.concatenate([np.repeat([0, 1, 2], [60, 38, 2]), np.repeat([0, 1, 2], [10, 10, 20]),
                            np.repeat([0, 1, 2], [5, 5, 10]), np.full(30, 2)])
   names = ("a", "b", "c")
-  plan_fn = dataset_lib._spatial_plan   # pylint: disable=protected-access
+  plan_fn = snapshot.spatial_plan
   plan, chosen = plan_fn(labels, split, names, 30, (0.6, 0.3, 0.1))
   assert chosen == [0, 1]                    # c: 2 train spots promise < 3 in test
   assert plan[:, 2].sum() == 0 and plan.sum() == 30
@@ -365,7 +367,7 @@ def test_unusable_data_sources_name_the_key_and_the_fix(where, source, path, pat
   data = config_lib.preset("debug").data
   target = data if where == "cells" else data.spatial
   target.source, target.path = source, path
-  load = dataset_lib.load_cells if where == "cells" else dataset_lib.load_spots
+  load = sources.load_cells if where == "cells" else sources.load_spots
   with pytest.raises(errors.DataError, match=pattern):
     load(data)
 

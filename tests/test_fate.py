@@ -15,12 +15,13 @@ import pytest
 
 from cardiac_jax import config_lib
 from cardiac_jax import export
-from cardiac_jax import fate
+from cardiac_jax.data import fate
 from cardiac_jax import prediction
 from cardiac_jax import train
 from cardiac_jax import viz
 from cardiac_jax.data import dataset
 from cardiac_jax.data import simulator
+from cardiac_jax.data import sources
 from cardiac_jax.data.errors import DataError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ def test_sequences_end_at_pre_branch_cells_of_their_own_split(built):
     assert rows.size and np.all(cell_split[rows] == s)
   populations = np.asarray(ds.meta["populations"])
   from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
-  cells = ingest.prepare_cells(dataset.load_cells(config.data), config.data)
+  cells = ingest.prepare_cells(sources.load_cells(config.data), config.data)
   last = ds.source_index[:, -1]
   assert set(populations[cells.labels[last]]) <= set(fate.PRE_BRANCH)
   # Paced by the end cell's own day, as a query walk: no step after it in time.

@@ -22,8 +22,9 @@ import pytest  # noqa: E402
 
 from cardiac_jax import config_lib  # noqa: E402
 from cardiac_jax import input_pipeline  # noqa: E402
+from cardiac_jax import members  # noqa: E402
 from cardiac_jax import parallel  # noqa: E402
-from cardiac_jax import train  # noqa: E402
+from cardiac_jax import run as run_lib  # noqa: E402
 from cardiac_jax.data.dataset import SequenceDataset  # noqa: E402
 
 GOLDEN_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden_values.json")
@@ -57,20 +58,20 @@ def golden_dataset() -> SequenceDataset:
 def golden_values() -> dict[str, float]:
   """Epoch 1 of the debug config, exactly as ``train_and_evaluate`` runs it."""
   dataset = golden_dataset()
-  run = train.build_run(config_lib.preset("debug"), dataset)
+  run = run_lib.build_run(config_lib.preset("debug"), dataset)
   state = parallel.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
   order = input_pipeline.stratified_order(dataset.y[run.train_pos], run.config.train.batch_size,
                                           run.config.seed, 1)
-  idx = parallel.place_batches(run.train_pos[order].astype(np.int32), batch_axis=1)
+  idx = parallel.place_batches(run.train_pos[order].astype(np.int32)[None], batch_axis=2)
   state, sums = run.fns.train_epoch(state, run.data, idx, run.train_rng)
-  sums, params = jax.device_get((sums, state.params))
+  sums, params = members.take(jax.device_get((sums, state.params)), 0)   # the one member
   leaves = [np.asarray(p, np.float64) for p in jax.tree.leaves(params)]
   count = float(sums["count"])
   return {
-      "steps": int(idx.shape[0]),
+      "steps": int(idx.shape[1]),
       "loss": float(sums["loss"]) / count,
       "accuracy": float(sums["correct"]) / count,
-      "grad_norm": float(sums["grad_norm"]) / int(idx.shape[0]),
+      "grad_norm": float(sums["grad_norm"]) / int(idx.shape[1]),
       "lr": float(sums["lr"]),
       "params_sum": float(sum(p.sum() for p in leaves)),
       "params_abs_sum": float(sum(np.abs(p).sum() for p in leaves)),
@@ -98,7 +99,7 @@ def test_golden_epoch_trains(computed):
   """The pinned epoch is a real one: several steps that moved the parameters."""
   assert computed["steps"] >= 4
   dataset = golden_dataset()
-  run = train.build_run(config_lib.preset("debug"), dataset)
+  run = run_lib.build_run(config_lib.preset("debug"), dataset)
   init = jax.device_get(run.fns.init(run.init_rng, run.data["x"][:1],
                                      run.data["mask"][:1]).params)
   init_abs = sum(np.abs(np.asarray(p, np.float64)).sum() for p in jax.tree.leaves(init))

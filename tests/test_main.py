@@ -7,7 +7,7 @@ import sys
 from absl import flags
 import pytest
 
-from cardiac_jax import main
+from cardiac_jax import cli
 from cardiac_jax import input_pipeline
 from test_train import synthetic_dataset  # pylint: disable=g-bad-import-order
 
@@ -29,7 +29,8 @@ def parse(monkeypatch, *args):
   """Parses like the command line: config_flags reads overrides from sys.argv."""
   argv = ["prog", f"--config={DEBUG}", *args]
   monkeypatch.setattr(sys, "argv", argv)
-  return main.parse_flags(argv)
+  cli.define_flags("train")
+  return cli.parse_train_flags(argv)
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -62,7 +63,7 @@ def test_train_then_report_mode_rewrites_report_from_best(tmp_path, monkeypatch)
   monkeypatch.setattr(input_pipeline, "load_dataset", lambda config: dataset)
   monkeypatch.chdir(tmp_path)
   parse(monkeypatch, *TINY)
-  main.main(["prog"])
+  cli.train(["prog"])
   workdir = tmp_path / "runs" / "debug"                       # runs/<config.name>
   with open(workdir / "report.json") as f:
     trained = json.load(f)
@@ -73,10 +74,10 @@ def test_train_then_report_mode_rewrites_report_from_best(tmp_path, monkeypatch)
   flags.FLAGS.mode = "report"
   flags.FLAGS.workdir = str(tmp_path / "empty")
   with pytest.raises(Exception, match="train first"):
-    main.main(["prog"])
+    cli.train(["prog"])
 
   flags.FLAGS.workdir = str(workdir)
-  main.main(["prog"])
+  cli.train(["prog"])
   with open(workdir / "report.json") as f:
     reported = json.load(f)
   for key in ("test_acc", "macro_f1", "best_epoch", "epochs_run", "val_acc", "confusion"):
@@ -85,3 +86,31 @@ def test_train_then_report_mode_rewrites_report_from_best(tmp_path, monkeypatch)
   assert (workdir / "plots" / "confusion_matrix.png").stat().st_size > 0
   assert (workdir / "metrics.jsonl").read_text() == metrics_before    # nothing trained
   assert sorted(os.listdir(workdir / "checkpoints" / "latest")) == ["1", "2", "3"]
+
+
+def _cli(*args, cwd=REPO):
+  return subprocess.run([sys.executable, "-m", "cardiac_jax.cli", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=180,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", f"--config={DEBUG}", "--config.data.source=h5ad"], "config.data.path is empty"),
+    (["predict", "--model=/nonexistent/model", "--input=x.h5ad", "--output=y.h5ad"],
+     "no exported model at /nonexistent/model"),
+    (["export", "--workdir=/nonexistent/run"], "no config.json in /nonexistent/run"),
+    (["convert-geo", "--geo_dir=/nonexistent/geo", "--out=/tmp/never_written.h5ad"],
+     "/nonexistent/geo"),
+])
+def test_a_users_mistake_is_one_line_and_status_2(args, message, tmp_path):
+  proc = _cli(*args, cwd=tmp_path)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("cardiac-jax: error:")]
+  assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert list(tmp_path.iterdir()) == []          # nothing written where it ran
+
+
+def test_traceback_flag_shows_the_trace(tmp_path):
+  proc = _cli("export", "--workdir=/nonexistent/run", "--traceback", cwd=tmp_path)
+  assert proc.returncode != 0 and "Traceback" in proc.stderr and "ConfigError" in proc.stderr

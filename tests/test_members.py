@@ -85,10 +85,11 @@ def test_ensemble_probabilities_are_the_members_mean(member_run, dataset):
   run, state, _ = inference.restore_best(_config(2), workdir, dataset=dataset)
   test = dataset.part("test")
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  ensemble = np.asarray(export_lib._probs(variables, test.x, test.mask, module=run.model,
-                                          members=2))
-  singles = [np.asarray(export_lib._probs(members_lib.take(variables, k), test.x, test.mask,
-                                          module=run.model)) for k in (0, 1)]
+  ensemble = np.asarray(export_lib.probabilities(variables, test.x, test.mask,
+                                                 module=run.model, num_members=2))
+  singles = [np.asarray(export_lib.probabilities(members_lib.take(variables, k), test.x,
+                                                 test.mask, module=run.model, num_members=1))
+             for k in (0, 1)]
   np.testing.assert_allclose(ensemble, (singles[0] + singles[1]) / 2, atol=1e-6)
   assert not np.allclose(singles[0], singles[1])      # the members differ
   np.testing.assert_allclose(inference.predict(run, state, test.x, test.mask), ensemble,

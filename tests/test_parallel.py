@@ -38,7 +38,7 @@ _TRAIN = textwrap.dedent("""
     parallel.maybe_initialize_distributed()   # a no-op without JAX_COORDINATOR_ADDRESS
     sys.path.insert(0, {tests!r})
     from test_train import synthetic_dataset, tiny_config
-    from cardiac_jax import report, train
+    from cardiac_jax import report, run as run_lib, train
     config = tiny_config(num_epochs=2, batch_size=16)
     config.model.norm = "batch"
     if {interrupt!r}:   # stop in epoch 2, as Ctrl-C would: epoch 1's checkpoint stays
@@ -57,7 +57,7 @@ _TRAIN = textwrap.dedent("""
     out = train.train_and_evaluate(config, {workdir!r}, dataset=synthetic_dataset())
     records = report.read_metrics({workdir!r} + "/metrics.jsonl")
     from cardiac_jax import checkpoint
-    run = train.build_run(config, synthetic_dataset())
+    run = run_lib.build_run(config, synthetic_dataset())
     with checkpoint.Checkpointer({workdir!r}, 3) as ckpt:
       state, _ = ckpt.restore_latest(run.abstract_state)
     np.savez({workdir!r} + f"/params{{jax.process_index()}}.npz", **{{jax.tree_util.keystr(k): np.asarray(v)

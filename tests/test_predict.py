@@ -24,6 +24,7 @@ import pytest
 import cardiac_jax
 from cardiac_jax import config_lib
 from cardiac_jax import export
+from cardiac_jax import inference
 from cardiac_jax import prediction
 from cardiac_jax import train
 from cardiac_jax import viz
@@ -81,7 +82,7 @@ def test_fresh_process_empty_cache_accuracy(run, tmp_path):
   out = tmp_path / "annotated.h5ad"
   env = dict(os.environ, CARDIAC_JAX_CACHE=str(empty), JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-      [sys.executable, "-m", "cardiac_jax.predict", f"--model={run['workdir'] / 'model'}",
+      [sys.executable, "-m", "cardiac_jax.cli", "predict", f"--model={run['workdir'] / 'model'}",
        f"--input={run['h5ad']}", f"--output={out}", "--n_walks=4",
        f"--plots_dir={tmp_path / 'plots'}", "--true_key=type"],
       env=env, capture_output=True, text=True, timeout=300, check=False)
@@ -234,7 +235,7 @@ def test_export_older_workdir_cli(run, tmp_path):
   moved = tmp_path / "moved"
   os.replace(model_dir, moved)
   try:
-    path = export.export_workdir(run["workdir"])
+    path = inference.export_workdir(run["workdir"])
     assert export.load_model(path).hash == before
   finally:
     if not model_dir.exists():
@@ -270,3 +271,50 @@ def test_import_is_cheap_and_cli_usage():
   proc = subprocess.run([sys.executable, "-m", "cardiac_jax.cli"], capture_output=True,
                         text=True, check=False)
   assert proc.returncode == 2 and "usage: cardiac-jax" in proc.stderr
+
+
+def test_cli_refuses_repeated_cell_names_and_writes_nothing(run, tmp_path):
+  """predictions.csv is keyed by cell name: repeated names could not be joined back."""
+  adata = run["adata"][:50].copy()
+  adata.obs_names = ["c0", "c1"] * 25
+  path = tmp_path / "dup.h5ad"
+  adata.write_h5ad(path)
+  out = tmp_path / "out" / "annotated.h5ad"
+  out.parent.mkdir()
+  with pytest.raises(DataError, match=r"repeat.*obs_names_make_unique"):
+    prediction.predict_file(run["workdir"] / "model", path, out)
+  assert list(out.parent.iterdir()) == []
+
+
+def test_cells_without_counts_are_flagged_and_left_unpredicted(run):
+  adata = run["adata"][:120].copy()
+  x = adata.X.tocsr().copy()
+  for row in (3, 7):
+    x.data[x.indptr[row]:x.indptr[row + 1]] = 0
+  x.eliminate_zeros()
+  adata.X = x
+  out = cardiac_jax.predict(adata, run["model"], copy=True, progress=False)
+  flag = out.obs["cardiac_jax_no_counts"].to_numpy()
+  assert flag.tolist() == [i in (3, 7) for i in range(120)]
+  probs = out.obsm["cardiac_jax_probs"]
+  assert np.isnan(probs[[3, 7]]).all() and not np.isnan(probs[~flag]).any()
+  assert out.obs["cardiac_jax_label"].isna().tolist() == flag.tolist()
+  assert out.uns["cardiac_jax"]["n_no_counts"] == 2
+  # The other cells' predictions do not walk through the empty ones.
+  alone = cardiac_jax.predict(adata[~flag].copy(), run["model"], copy=True, progress=False)
+  np.testing.assert_allclose(probs[~flag], alone.obsm["cardiac_jax_probs"], atol=1e-6)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "model.json").write_text("{not json"), "not readable JSON"),
+    (lambda d: (d / "preprocessor.npz").unlink(), "lacks preprocessor.npz"),
+    (lambda d: (d / "variables.npz").unlink(), "lacks variables.npz"),
+])
+def test_a_damaged_model_folder_is_a_clear_error(run, tmp_path, damage, message):
+  copy = tmp_path / "model"
+  copy.mkdir()
+  for p in (run["workdir"] / "model").iterdir():
+    (copy / p.name).write_bytes(p.read_bytes())
+  damage(copy)
+  with pytest.raises(DataError, match=message):
+    cardiac_jax.load_model(copy)

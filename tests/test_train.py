@@ -13,8 +13,11 @@ from cardiac_jax import checkpoint as checkpoint_lib
 from cardiac_jax import evaluation
 from cardiac_jax import inference
 from cardiac_jax import input_pipeline
+from cardiac_jax import members
 from cardiac_jax import report as report_lib
 from cardiac_jax import config_lib
+from cardiac_jax import run as run_lib
+from cardiac_jax import steps
 from cardiac_jax import train
 from cardiac_jax.data.dataset import SequenceDataset
 from cardiac_jax.errors import ConfigError
@@ -71,7 +74,7 @@ def straight_run(tmp_path_factory, dataset):
 
 
 def _final_params(workdir, config, dataset):
-  run = train.build_run(config, dataset)
+  run = run_lib.build_run(config, dataset)
   with checkpoint_lib.Checkpointer(workdir, 3) as ckpt:
     state, meta = ckpt.restore_latest(run.abstract_state)
   return state, meta
@@ -182,8 +185,8 @@ def test_running_loss_uses_smoothing_schedule_and_per_step_dropout(plateau_run, 
   on-device sums over the scanned epoch.
   """
   workdir, _, config = plateau_run
-  run = train.build_run(config, dataset)
-  state = run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1])
+  run = run_lib.build_run(config, dataset)
+  state = members.take(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]), 0)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   apply = jax.jit(functools.partial(run.model.apply, train=True, mutable=["batch_stats"]))
   rows = run.train_pos[input_pipeline.stratified_order(dataset.y[run.train_pos], 16, config.seed, 1)]
@@ -193,11 +196,11 @@ def test_running_loss_uses_smoothing_schedule_and_per_step_dropout(plateau_run, 
     for s, r in enumerate(rows):
       logits, _ = apply(variables, dataset.x[r], dataset.mask[r],
                         rngs={"dropout": key_for_step(s)})
-      total += float(jnp.sum(train.cross_entropy(logits, dataset.y[r], smoothing_for_step(s))))
+      total += float(jnp.sum(steps.cross_entropy(logits, dataset.y[r], smoothing_for_step(s))))
     return total / rows.size
 
   record = report_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))[0]
-  per_step_key = lambda s: jax.random.fold_in(run.train_rng, s)  # noqa: E731
+  per_step_key = lambda s: jax.random.fold_in(run.train_rng[0], s)  # noqa: E731
   expected = mean_loss(per_step_key, run.schedules.label_smoothing)
   assert record["train_loss_running"] == pytest.approx(expected, rel=1e-5)
   assert record["label_smoothing"] == pytest.approx(
@@ -254,18 +257,19 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, dataset, straight_run, c
 
 def test_evaluate_counts_every_example_once(dataset):
   config = tiny_config()
-  run = train.build_run(config, dataset)
+  run = run_lib.build_run(config, dataset)
   state = run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1])
   positions = np.flatnonzero(dataset.split == 1)
   for chunk in (7, 32):                             # 32: the run's own chunk size
     ev = evaluation.evaluate(run.fns.eval_chunk, state, run.data, input_pipeline.eval_chunks(positions, chunk),
-                        with_probs=True)
+                        with_probs=True)[0]
     assert ev["count"] == len(positions)
     assert ev["probs"].shape == (len(positions), len(CLASSES))
   apply = jax.jit(functools.partial(run.model.apply, train=False))
-  logits = apply({"params": state.params, "batch_stats": state.batch_stats},
+  one = members.take(state, 0)
+  logits = apply({"params": one.params, "batch_stats": one.batch_stats},
                  dataset.x[positions], dataset.mask[positions])
-  ref = np.mean(np.asarray(train.cross_entropy(logits, jnp.asarray(dataset.y[positions]))))
+  ref = np.mean(np.asarray(steps.cross_entropy(logits, jnp.asarray(dataset.y[positions]))))
   assert ev["loss"] == pytest.approx(float(ref), rel=1e-5)
 
 

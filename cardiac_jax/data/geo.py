@@ -21,7 +21,7 @@ is an error.
 
 Usable from the command line::
 
-  python -m cardiac_jax.data.geo --geo_dir=/data/GSE175634 --out=/data/gse175634.h5ad
+  cardiac-jax convert-geo --geo_dir=/data/GSE175634 --out=/data/gse175634.h5ad
 """
 from __future__ import annotations
 
@@ -417,22 +417,3 @@ def write_geo(adata: ad.AnnData, out_dir: str | os.PathLike, prefix: str = "GSE1
   logging.info("wrote GEO files for %d cells x %d genes (%s) under %s", n_cells, n_genes,
                orientation, out_dir)
   return paths
-
-
-def main(argv: list[str]) -> None:
-  del argv
-  geo_dir = pathlib.Path(_FLAGS.geo_dir)
-  paths = {key: geo_dir / f"{_FLAGS.prefix}{suffix}" for key, suffix in FILE_SUFFIXES.items()}
-  convert_geo(**paths, out_h5ad=_FLAGS.out, orientation=_FLAGS.orientation)
-
-
-if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("geo_dir", None, "Folder with the GSE175634 supplementary files.")
-  flags.DEFINE_string("out", None, "Output .h5ad path.")
-  flags.DEFINE_string("prefix", "GSE175634", "File name prefix.")
-  flags.DEFINE_enum("orientation", "auto", ORIENTATIONS, "Orientation of the .mtx file.")
-  flags.mark_flags_as_required(["geo_dir", "out"])
-  _FLAGS = flags.FLAGS
-  app.run(main)

@@ -184,7 +184,7 @@ def _obs_column(adata: ad.AnnData, key: str, what: str) -> np.ndarray:
   return column.astype(str).to_numpy().astype(str)
 
 
-def _counts_matrix(adata: ad.AnnData, layer: str, config_field: str) -> Any:
+def counts_matrix(adata: ad.AnnData, layer: str, config_field: str) -> Any:
   if layer:
     if layer not in adata.layers:
       raise DataError(f"counts layer {layer!r} not found; layers present: {list(adata.layers)}; "
@@ -408,7 +408,7 @@ def prepare_cells(adata: ad.AnnData, data_cfg: Any) -> Cells:
                  "%s", list(classes))
 
   layer = config_get(data_cfg, "counts_layer", "")
-  matrix = _counts_matrix(adata, layer, "config.data.counts_layer")
+  matrix = counts_matrix(adata, layer, "config.data.counts_layer")
   where = f"layers[{layer!r}]" if layer else "X"
   check_counts(matrix, where)
   rows = np.flatnonzero(keep)
@@ -456,7 +456,7 @@ def prepare_spots(adata: ad.AnnData, data_cfg: Any, class_names: Sequence[str]) 
   field = "config.data.spatial.counts_layer"
   if layer is None:
     layer, field = config_get(data_cfg, "counts_layer", ""), "config.data.counts_layer"
-  matrix = _counts_matrix(adata, layer, field)
+  matrix = counts_matrix(adata, layer, field)
   check_counts(matrix, f"spatial {'layers[' + repr(layer) + ']' if layer else 'X'}", field)
   rows = np.flatnonzero(keep)
   counts = _to_csr_float32(matrix, rows)

@@ -341,3 +341,9 @@ def buffer_spots(coords: np.ndarray, spot_split: np.ndarray, buffer_spacings: fl
   out[near(val, train)] = UNUSED          # before the test pass: dropped val spots don't count
   out[np.union1d(near(test, train), near(test, val))] = UNUSED
   return out
+
+
+def counts_table(y: np.ndarray, split: np.ndarray, class_names: Sequence[str]) -> dict:
+  """Sequences per split x class, the meta's "counts" (every builder's, fate's too)."""
+  return {name: {c: int(np.sum((split == s) & (y == i))) for i, c in enumerate(class_names)}
+          for s, name in enumerate(SPLITS)}

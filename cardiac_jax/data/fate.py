@@ -20,13 +20,13 @@ through the progenitors (and earlier cells) that lead to it. So:
    ``data.fate.per_population`` sequences over all splits, cells drawn
    uniformly among the visited ones; most of them on PROG, where the fate shows).
 3. The sequence model, its training loop, checkpoints, report and export are the
-   package's own: this module only builds the ``SequenceDataset`` (classes
-   ``data.fate.terminal``), selected by ``dataset.build_dataset`` when
-   ``config.data.fate`` exists (``configs/fate.py``).
+   package's own: this module only builds the sequences (classes
+   ``data.fate.terminal``), the builder of ``config.data.task = "fate"``
+   (``configs/fate.py``) in ``dataset.BUILDERS``.
 
 Nothing crosses splits: labels of validation / test cells come from walks among
 their own split's cells only, and the preprocessing is fitted on training cells
-(``dataset.embedded_cells``).
+(``sources.embedded_cells``).
 """
 from __future__ import annotations
 
@@ -37,9 +37,10 @@ from typing import Any, Sequence
 from absl import logging
 import numpy as np
 
-from cardiac_jax.data import dataset as dataset_lib
 from cardiac_jax.data import sequences
+from cardiac_jax.data import sources
 from cardiac_jax.data import splits
+from cardiac_jax.data import stages as stages_lib
 from cardiac_jax.data.errors import DataError
 
 # Bump when the code changes what a given config.data.fate builds (cache key).
@@ -158,14 +159,20 @@ def fate_walks(graph: sequences.WalkGraph, visits: np.ndarray, pre_ids: np.ndarr
           np.concatenate(labels).astype(np.int32))
 
 
-def build(data_cfg: Any, stage: Any, preprocessor_path: pathlib.Path | None,
-          key: str) -> dataset_lib.SequenceDataset:
-  """The fate ``SequenceDataset`` of ``config.data`` (``dataset.build_dataset``'s builder)."""
+def stages(data_cfg: Any) -> list[str]:
+  """The stages ``build`` runs, in order (the progress bar's steps)."""
+  return ["simulate" if data_cfg.source == "simulator" else "load", "prepare", "split",
+          "preprocess_fit", "transform", "neighbour_tables", "walks", "assemble"]
+
+
+def build(data_cfg: Any, stage: stages_lib.Stages, preprocessor_path: pathlib.Path | None,
+          key: str) -> dict[str, Any]:
+  """The fate sequences of ``config.data``: the fields of a ``SequenceDataset``."""
   info = fate_info(data_cfg)
   seq_cfg = data_cfg.sequences
   fractions = tuple(data_cfg.split.fractions)
   length, k = int(seq_cfg.length), int(seq_cfg.k_neighbors)
-  cells, cell_split, pp, pcs = dataset_lib.embedded_cells(data_cfg, stage)
+  cells, cell_split, pp, pcs = sources.embedded_cells(data_cfg, stage)
   populations = tuple(cells.class_names)
   pre_ids = _class_ids(populations, info["pre_branch"], "pre_branch")
   term_ids = _class_ids(populations, info["terminal"], "terminal")
@@ -192,7 +199,7 @@ def build(data_cfg: Any, stage: Any, preprocessor_path: pathlib.Path | None,
     x = sequences.assemble_features(
         pcs, src, sequences.time_feature(cells.time_index, len(cells.time_labels)), 0)
     class_names = tuple(info["terminal"])
-    counts = dataset_lib.counts_table(y, split, class_names)
+    counts = splits.counts_table(y, split, class_names)
     meta = {
         "cache_key": key, "code_version": CODE_VERSION, "task": "fate", "fate": info,
         "labelled_cells": labelled, "class_names": list(class_names),
@@ -204,14 +211,14 @@ def build(data_cfg: Any, stage: Any, preprocessor_path: pathlib.Path | None,
         "preprocessor": preprocessor_path.name if preprocessor_path is not None else "",
         "data_config": json.loads(json.dumps(data_cfg.to_dict(), default=str)),
     }
-    ds = dataset_lib.SequenceDataset(
+    fields = dict(
         x=x, y=y, mask=np.ones(src.shape, np.float32), split=split,
         modality=np.zeros(y.size, np.int8), source_index=src, class_names=class_names,
         meta=meta)
   if preprocessor_path is not None:
     with stage("save"):
       pp.save(preprocessor_path)
-  return ds
+  return fields
 
 
 # ---------------------------------------------------------------- query side
@@ -225,8 +232,8 @@ def pre_branch_cells(populations: np.ndarray, pre_branch: Sequence[str]) -> np.n
 def cell_split_of(data_cfg: Any) -> tuple[np.ndarray, np.ndarray]:
   """(obs_names, split id per cell) of the prepared cells of ``config.data``.
 
-  The build's own prologue (``dataset.embedded_cells``, deterministic in
+  The build's own prologue (``sources.embedded_cells``, deterministic in
   ``data.split``), so a benchmark scores exactly the held-out cells.
   """
-  cells, cell_split, _, _ = dataset_lib.embedded_cells(data_cfg)
+  cells, cell_split, _, _ = sources.embedded_cells(data_cfg)
   return np.asarray(cells.obs_names).astype(str), cell_split
