@@ -1,4 +1,5 @@
 """Tests of the embedded simulator: schema, count realism, biology and reproducibility."""
+import hashlib
 import json
 
 import numpy as np
@@ -213,13 +214,44 @@ def test_same_arguments_give_identical_data():
   np.testing.assert_array_equal(s1.obsm["proportions"], s2.obsm["proportions"])
 
 
+def _sha256(adata) -> str:
+  """Digest of the counts, names and obs (categorical codes and categories, float64 values)."""
+  h = hashlib.sha256()
+  for a in (adata.X.data, adata.X.indices, adata.X.indptr):
+    h.update(np.ascontiguousarray(a, np.int64).tobytes())
+  h.update(repr(adata.X.shape).encode())
+  h.update("|".join(adata.obs_names).encode())
+  h.update("|".join(adata.var_names).encode())
+  for name, col in adata.obs.items():
+    h.update(name.encode())
+    if hasattr(col, "cat"):
+      h.update("|".join(map(str, col.cat.categories)).encode())
+      h.update(np.asarray(col.cat.codes, np.int64).tobytes())
+    else:
+      h.update(np.ascontiguousarray(col.to_numpy(), np.float64).tobytes())
+  return h.hexdigest()
+
+
+@pytest.mark.parametrize("kwargs, digest", [
+    (dict(n_cells=1_500, n_genes=300, n_donors=5, seed=3),
+     "380a34bbe7a6e0889e5fc2ec277e7770bdfde9a061340f74a363ef678c712506"),
+    (dict(n_cells=5_000, n_genes=2_000, seed=0),
+     "3ed6c03b7f774987e82cc7bcc0181d2d4663f6dbd5a6b064200d4817d08693d9"),
+])
+def test_simulate_cells_output_is_pinned(kwargs, digest):
+  """Bit-identical to main before the donors, stages, labels and expression became
+  public functions shared with the clonal simulator (digests computed at 4cdab14).
+  A deliberate change of the snapshot model updates these digests."""
+  assert _sha256(simulator.simulate_cells(**kwargs)) == digest
+
+
 def test_chunking_does_not_change_the_distribution():
   """The CSR assembly across chunks keeps rows aligned with their means."""
   rng = np.random.default_rng(0)
   means = np.zeros((50, 8), np.float32)
   means[np.arange(50), np.arange(50) % 8] = 30.0
-  counts = simulator._sample_counts(lambda a, b: means[a:b], 50, np.full(8, 0.1), rng,
-                                    chunk=7)
+  counts = simulator.sample_counts(lambda a, b: means[a:b], 50, np.full(8, 0.1), rng,
+                                   chunk=7)
   assert counts.shape == (50, 8)
   np.testing.assert_array_equal(counts.toarray().argmax(axis=1), np.arange(50) % 8)
 

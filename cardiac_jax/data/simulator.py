@@ -73,6 +73,7 @@ _DAY_COMPOSITION = np.array([
     [0.00, 0.00, 0.00, 0.09, 0.86, 0.05],   # day11
     [0.00, 0.00, 0.00, 0.04, 0.92, 0.04],   # day15
 ])
+UNK_STAGE = _DAY_COMPOSITION.shape[1] - 1   # stage index of the UNK column above
 T_MAX = 4.5               # latent coordinate of the most mature terminal cells
 _CM_FRACTION = 0.32       # CM among terminal cells overall (21.4K CM vs 44.6K CF)
 ASYNCHRONY = 0.3          # sd of the transcriptome's position around the annotated one
@@ -187,7 +188,7 @@ def make_programmes(n_genes: int = 2000, seed: int = 0) -> GeneProgrammes:
 # --------------------------------------------------------------------------- counts
 
 
-def _sample_counts(mean_block: Callable[[int, int], np.ndarray], n_rows: int,
+def sample_counts(mean_block: Callable[[int, int], np.ndarray], n_rows: int,
                    dispersion: np.ndarray, rng: np.random.Generator,
                    chunk: int = 4096) -> sp.csr_matrix:
   """Draws negative-binomial counts chunk by chunk into one int32 CSR matrix.
@@ -224,13 +225,45 @@ def _sample_counts(mean_block: Callable[[int, int], np.ndarray], n_rows: int,
 # --------------------------------------------------------------------------- cells
 
 
+@dataclasses.dataclass(frozen=True)
+class Donors:
+  """iPSC lines: what differs between them in every simulator of cells.
+
+  Attributes:
+    share: (d,) fraction of the cells from each line (unequal, as pooled collections are).
+    shift: (d, g) gene-level log shift (batch effect, with a few eQTL-like large ones).
+    factor: (d,) library-size factor.
+    cm_logit: (d,) logit of the line's CM efficiency (the centre of its fate latents).
+  """
+  share: np.ndarray
+  shift: np.ndarray
+  factor: np.ndarray
+  cm_logit: np.ndarray
+
+
+def make_donors(n_donors: int, n_genes: int, rng: np.random.Generator) -> Donors:
+  """Draws the lines' sizes, batch shifts, library factors and CM efficiencies."""
+  share = rng.dirichlet(np.full(n_donors, 8.0))
+  shift = rng.normal(0.0, 0.1, (n_donors, n_genes))
+  eqtl = rng.random((n_donors, n_genes)) < 0.05
+  shift[eqtl] += rng.normal(0.0, 0.6, eqtl.sum())
+  factor = np.exp(rng.normal(0.0, 0.15, n_donors))
+  cm_logit = np.log(_CM_FRACTION / (1 - _CM_FRACTION)) + rng.normal(0.0, 1.0, n_donors)
+  return Donors(share=share, shift=shift, factor=factor, cm_logit=cm_logit)
+
+
+def sample_stages(day: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Stage per cell (0..4 = IPSC..terminal, ``UNK_STAGE``) from its day's composition."""
+  cum = np.cumsum(_DAY_COMPOSITION, axis=1)
+  cum /= cum[:, -1:]
+  stage = (rng.random(len(day))[:, None] > cum[day]).sum(axis=1)
+  return np.minimum(stage, UNK_STAGE)
+
+
 def _composition(n_cells: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
   """Day and stage per cell from the per-day composition table (days equally sampled)."""
   day = rng.integers(0, len(DAYS), n_cells)
-  cum = np.cumsum(_DAY_COMPOSITION, axis=1)
-  cum /= cum[:, -1:]
-  stage = (rng.random(n_cells)[:, None] > cum[day]).sum(axis=1)
-  return day, np.minimum(stage, _DAY_COMPOSITION.shape[1] - 1)
+  return day, sample_stages(day, rng)
 
 
 def _offset_shape(day: np.ndarray, stage: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -247,11 +280,96 @@ def _offset_shape(day: np.ndarray, stage: np.ndarray) -> tuple[np.ndarray, np.nd
   return 1.2 + 1.5 * r, 1.2 + 1.5 * (1.0 - r)
 
 
-def _latent_trajectory(day: np.ndarray, stage: np.ndarray,
-                       rng: np.random.Generator) -> np.ndarray:
+def latent_trajectory(day: np.ndarray, stage: np.ndarray,
+                      rng: np.random.Generator) -> np.ndarray:
   """Continuous coordinate t = stage + offset, the offset Beta-distributed on [-0.5, 0.5]."""
   offset = rng.beta(*_offset_shape(day, stage)) - 0.5
   return np.minimum(stage, _PROG + 1) + offset
+
+
+def day_latent_mean() -> np.ndarray:
+  """(len(DAYS),) mean latent coordinate t of each day's lineage (non-UNK) cells.
+
+  The reference clock of the differentiation: a simulator that moves cells through
+  time (the clonal one) paces them along it so that its days look like these days.
+  """
+  days = np.arange(len(DAYS))[:, None]
+  stages = np.arange(UNK_STAGE)[None, :]
+  a, b = _offset_shape(days, stages)
+  centre = np.minimum(stages, _PROG + 1) + a / (a + b) - 0.5
+  weight = _DAY_COMPOSITION[:, :UNK_STAGE]
+  return (weight * centre).sum(axis=1) / weight.sum(axis=1)
+
+
+def cell_library(donors: Donors, donor: np.ndarray, mean_library_size: float,
+                 rng: np.random.Generator) -> np.ndarray:
+  """Per-cell UMI depth before the population's size factor: log-normal x the donor's."""
+  return (mean_library_size * np.exp(rng.normal(-0.5 * 0.45**2, 0.45, len(donor)))
+          * donors.factor[donor])
+
+
+def population_labels(t: np.ndarray, branch: np.ndarray, is_unk: np.ndarray) -> np.ndarray:
+  """Annotated population: the nearest one to t; past PROG the cell's branch (CM | CF).
+
+  Returns int64 indices into ``PROGRAMME_NAMES``.
+  """
+  label = np.clip(np.rint(t), 0, _PROG + 1).astype(np.int64)
+  label = np.where(label > _PROG, branch, label)
+  return np.where(is_unk, _UNK, label)
+
+
+def sample_expression(prog: GeneProgrammes, donors: Donors, donor: np.ndarray,
+                      t_expr: np.ndarray, branch: np.ndarray, fate: np.ndarray,
+                      library: np.ndarray, is_unk: np.ndarray, unk_mix: np.ndarray,
+                      priming_strength: float, rng: np.random.Generator) -> sp.csr_matrix:
+  """Counts of cells given their latents: the one expression model of every cell simulator.
+
+  The profile linearly mixes the two programmes adjacent to ``t_expr`` (past PROG the
+  cell's ``branch``; UNK cells mix MES and UNK by ``unk_mix``), shifted by the donor's
+  batch effect, with the priming genes tilted by ``tanh(fate / 2)`` from CMES to PROG,
+  scaled to the cell's library and the population's size; then negative-binomial noise.
+
+  Args:
+    prog: the gene programmes.
+    donors: the lines; ``donor`` (n,) indexes them.
+    donor: (n,) int donor index per cell.
+    t_expr: (n,) transcriptome position on the latent coordinate.
+    branch: (n,) ``PROGRAMME_NAMES`` index (CM or CF) mixed in past PROG.
+    fate: (n,) fate latent (+ leans CM) that tilts the priming genes.
+    library: (n,) depth from ``cell_library``.
+    is_unk: (n,) bool, cells of the endoderm-like UNK branch.
+    unk_mix: (n,) weight of the UNK programme in UNK cells.
+    priming_strength: log-fold scale of the priming genes' fate signal.
+    rng: the counts' generator.
+
+  Returns:
+    (n, g) int32 CSR counts.
+  """
+  s = np.clip(t_expr, 0.0, _PROG + 1.0)
+  lo = np.minimum(np.floor(s), _PROG).astype(np.int64)
+  w = s - lo
+  hi = np.where(lo + 1 > _PROG, branch, lo + 1)
+  lo = np.where(is_unk, _MES, lo)
+  hi = np.where(is_unk, _UNK, hi)
+  w = np.where(is_unk, unk_mix, w)
+  library = library * ((1 - w) * prog.library_factor[lo] + w * prog.library_factor[hi])
+  prime_amp = priming_strength * np.tanh(fate / 2) * np.clip(s - 2.0, 0.0, 1.0)
+  prime_amp[is_unk] = 0.0
+
+  prime_cols = np.flatnonzero(prog.priming)
+  donor_mult = np.exp(donors.shift).astype(np.float32)
+  prop = prog.proportions.astype(np.float32)
+
+  def mean_block(a: int, b: int) -> np.ndarray:
+    wb = w[a:b, None].astype(np.float32)
+    m = (1 - wb) * prop[lo[a:b]] + wb * prop[hi[a:b]]
+    m *= donor_mult[donor[a:b]]
+    prime = np.exp(prime_amp[a:b, None] * prog.priming[prime_cols])
+    m[:, prime_cols] *= prime.astype(np.float32)
+    m *= (library[a:b] / m.sum(axis=1)).astype(np.float32)[:, None]
+    return m
+
+  return sample_counts(mean_block, len(t_expr), prog.dispersion, rng)
 
 
 def simulate_cells(n_cells: int = 30_000, n_genes: int = 2_000, n_donors: int = 19,
@@ -286,56 +404,23 @@ def simulate_cells(n_cells: int = 30_000, n_genes: int = 2_000, n_donors: int = 
   donor_rng, latent_rng, count_rng = (np.random.default_rng(s) for s in ss.spawn(3))
 
   # Donors: unequal sizes, gene-level batch shift, library factor, CM efficiency.
-  donor_share = donor_rng.dirichlet(np.full(n_donors, 8.0))
-  donor_shift = donor_rng.normal(0.0, 0.1, (n_donors, n_genes))
-  eqtl = donor_rng.random((n_donors, n_genes)) < 0.05
-  donor_shift[eqtl] += donor_rng.normal(0.0, 0.6, eqtl.sum())
-  donor_factor = np.exp(donor_rng.normal(0.0, 0.15, n_donors))
-  cm_logit = np.log(_CM_FRACTION / (1 - _CM_FRACTION)) + donor_rng.normal(0.0, 1.0, n_donors)
+  donors = make_donors(n_donors, n_genes, donor_rng)
 
   # Latents per cell.
   day, stage = _composition(n_cells, latent_rng)
-  donor = latent_rng.choice(n_donors, n_cells, p=donor_share)
-  t = _latent_trajectory(day, stage, latent_rng)
-  fate = cm_logit[donor] + latent_rng.logistic(0.0, 1.0, n_cells)
-  is_unk = stage == _DAY_COMPOSITION.shape[1] - 1
+  donor = latent_rng.choice(n_donors, n_cells, p=donors.share)
+  t = latent_trajectory(day, stage, latent_rng)
+  fate = donors.cm_logit[donor] + latent_rng.logistic(0.0, 1.0, n_cells)
+  is_unk = stage == UNK_STAGE
   t_expr = t + latent_rng.normal(0.0, asynchrony, n_cells)
-  library = (mean_library_size * np.exp(latent_rng.normal(-0.5 * 0.45**2, 0.45, n_cells))
-             * donor_factor[donor])
+  library = cell_library(donors, donor, mean_library_size, latent_rng)
   unk_mix = latent_rng.uniform(0.5, 1.0, n_cells)
 
   # Labels: nearest population of the annotated coordinate; the branch from the fate.
   branch = np.where(fate > 0, _CM, _CF)
-  label = np.clip(np.rint(t), 0, _PROG + 1).astype(np.int64)
-  label = np.where(label > _PROG, branch, label)
-  label = np.where(is_unk, _UNK, label)
-
-  # Expression position: mix of the two adjacent programmes around t_expr.
-  s = np.clip(t_expr, 0.0, _PROG + 1.0)
-  lo = np.minimum(np.floor(s), _PROG).astype(np.int64)
-  w = s - lo
-  hi = np.where(lo + 1 > _PROG, branch, lo + 1)
-  lo = np.where(is_unk, _MES, lo)
-  hi = np.where(is_unk, _UNK, hi)
-  w = np.where(is_unk, unk_mix, w)
-  library *= (1 - w) * prog.library_factor[lo] + w * prog.library_factor[hi]
-  prime_amp = priming_strength * np.tanh(fate / 2) * np.clip(s - 2.0, 0.0, 1.0)
-  prime_amp[is_unk] = 0.0
-
-  prime_cols = np.flatnonzero(prog.priming)
-  donor_mult = np.exp(donor_shift).astype(np.float32)
-  prop = prog.proportions.astype(np.float32)
-
-  def mean_block(a: int, b: int) -> np.ndarray:
-    wb = w[a:b, None].astype(np.float32)
-    m = (1 - wb) * prop[lo[a:b]] + wb * prop[hi[a:b]]
-    m *= donor_mult[donor[a:b]]
-    prime = np.exp(prime_amp[a:b, None] * prog.priming[prime_cols])
-    m[:, prime_cols] *= prime.astype(np.float32)
-    m *= (library[a:b] / m.sum(axis=1)).astype(np.float32)[:, None]
-    return m
-
-  counts = _sample_counts(mean_block, n_cells, prog.dispersion, count_rng)
+  label = population_labels(t, branch, is_unk)
+  counts = sample_expression(prog, donors, donor, t_expr, branch, fate, library, is_unk,
+                             unk_mix, priming_strength, count_rng)
 
   width = max(6, len(str(n_cells - 1)))
   obs = pd.DataFrame({
@@ -586,7 +671,7 @@ def simulate_spatial(n_spots: int = 6_000, n_genes: int = 2_000, cells_per_spot:
   def mean_block(a: int, b: int) -> np.ndarray:
     return (umis[a:b] @ six).astype(np.float32)
 
-  counts = _sample_counts(mean_block, n, prog.dispersion, count_rng)
+  counts = sample_counts(mean_block, n, prog.dispersion, count_rng)
   # Visium-style coordinates in um: odd rows shifted by half a pitch.
   xy = 100.0 * np.stack([grid[:, 1] + 0.5 * (grid[:, 0] % 2),
                          grid[:, 0] * np.sqrt(3) / 2], axis=1)
