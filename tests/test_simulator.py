@@ -1,4 +1,5 @@
 """Tests of the embedded simulator: schema, count realism, biology and reproducibility."""
+import hashlib
 import json
 
 import numpy as np
@@ -213,13 +214,36 @@ def test_same_arguments_give_identical_data():
   np.testing.assert_array_equal(s1.obsm["proportions"], s2.obsm["proportions"])
 
 
+def _digest(adata) -> str:
+  """sha256 of the counts, obs, var_names and obsm: any change of a draw shows."""
+  h = hashlib.sha256()
+  for a in (adata.X.data, adata.X.indices, adata.X.indptr):
+    h.update(np.ascontiguousarray(a).tobytes())
+  h.update(adata.obs.to_csv().encode())
+  h.update("\n".join(adata.var_names).encode())
+  for key in sorted(adata.obsm):
+    h.update(key.encode())
+    h.update(np.ascontiguousarray(adata.obsm[key]).tobytes())
+  return h.hexdigest()
+
+
+def test_outputs_are_bit_identical_to_before_the_section_simulator():
+  """The digests were computed on main before ``section_simulator`` shared its helpers
+  (``sample_counts``, ``smooth_field``, ``lognormal_factor``, ``visium_xy``); a change
+  to a draw of ``simulate_cells`` / ``simulate_spatial`` must be deliberate."""
+  cells = simulator.simulate_cells(n_cells=500, n_genes=150, n_donors=4, seed=11)
+  assert _digest(cells) == "f6f3f2b4c1b08ae37fda7a8f0da3f1afc2b448c232a24f9e47908299fe28ff59"
+  spots = simulator.simulate_spatial(n_spots=300, n_genes=150, seed=5)
+  assert _digest(spots) == "ee349c2f80d481c456316fa829af7970f57e12304e7db56863dbabf5d24a4fa5"
+
+
 def test_chunking_does_not_change_the_distribution():
   """The CSR assembly across chunks keeps rows aligned with their means."""
   rng = np.random.default_rng(0)
   means = np.zeros((50, 8), np.float32)
   means[np.arange(50), np.arange(50) % 8] = 30.0
-  counts = simulator._sample_counts(lambda a, b: means[a:b], 50, np.full(8, 0.1), rng,
-                                    chunk=7)
+  counts = simulator.sample_counts(lambda a, b: means[a:b], 50, np.full(8, 0.1), rng,
+                                   chunk=7)
   assert counts.shape == (50, 8)
   np.testing.assert_array_equal(counts.toarray().argmax(axis=1), np.arange(50) % 8)
 

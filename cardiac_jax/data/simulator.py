@@ -76,6 +76,7 @@ _DAY_COMPOSITION = np.array([
 T_MAX = 4.5               # latent coordinate of the most mature terminal cells
 _CM_FRACTION = 0.32       # CM among terminal cells overall (21.4K CM vs 44.6K CF)
 ASYNCHRONY = 0.3          # sd of the transcriptome's position around the annotated one
+SPOT_PITCH = 100.0        # um between neighbouring Visium spot centres
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +105,8 @@ class GeneProgrammes:
     return len(self.gene_names)
 
 
-def _named_genes() -> list[str]:
+def named_genes() -> list[str]:
+  """Marker, housekeeping and priming gene names, in the order they lead ``gene_names``."""
   names = list(HOUSEKEEPING)
   for pop in PROGRAMME_NAMES:
     names += MARKERS[pop]
@@ -113,7 +115,7 @@ def _named_genes() -> list[str]:
 
 def make_programmes(n_genes: int = 2000, seed: int = 0) -> GeneProgrammes:
   """Builds the lineage's gene programmes; the same (n_genes, seed) gives the same genes."""
-  named = _named_genes()
+  named = named_genes()
   if n_genes < len(named) + 10:
     raise DataError(f"n_genes={n_genes} is too small: the simulator needs at least "
                     f"{len(named) + 10} genes (markers, housekeeping and priming genes plus "
@@ -187,9 +189,9 @@ def make_programmes(n_genes: int = 2000, seed: int = 0) -> GeneProgrammes:
 # --------------------------------------------------------------------------- counts
 
 
-def _sample_counts(mean_block: Callable[[int, int], np.ndarray], n_rows: int,
-                   dispersion: np.ndarray, rng: np.random.Generator,
-                   chunk: int = 4096) -> sp.csr_matrix:
+def sample_counts(mean_block: Callable[[int, int], np.ndarray], n_rows: int,
+                  dispersion: np.ndarray, rng: np.random.Generator,
+                  chunk: int = 4096) -> sp.csr_matrix:
   """Draws negative-binomial counts chunk by chunk into one int32 CSR matrix.
 
   ``mean_block(start, stop)`` returns the dense expected counts of rows [start, stop);
@@ -219,6 +221,18 @@ def _sample_counts(mean_block: Callable[[int, int], np.ndarray], n_rows: int,
   indices.clear()
   indptr_all = np.concatenate(indptr).astype(index_dtype, copy=False)
   return sp.csr_matrix((data_all, indices_all, indptr_all), shape=(n_rows, len(dispersion)))
+
+
+def lognormal_factor(rng: np.random.Generator, sd: float, size: int) -> np.ndarray:
+  """Multiplicative noise with mean 1 (log-normal, log sd ``sd``): library sizes, capture."""
+  return np.exp(rng.normal(-0.5 * sd**2, sd, size))
+
+
+def visium_xy(array_row: np.ndarray, array_col: np.ndarray) -> np.ndarray:
+  """Spot centres in um of a Visium-like hex grid (100 um pitch, odd rows shifted half a
+  pitch), from ``array_row`` / ``array_col``; (n, 2) float64 starting at the origin."""
+  return SPOT_PITCH * np.stack([array_col + 0.5 * (array_row % 2),
+                                array_row * np.sqrt(3) / 2], axis=1)
 
 
 # --------------------------------------------------------------------------- cells
@@ -300,7 +314,7 @@ def simulate_cells(n_cells: int = 30_000, n_genes: int = 2_000, n_donors: int = 
   fate = cm_logit[donor] + latent_rng.logistic(0.0, 1.0, n_cells)
   is_unk = stage == _DAY_COMPOSITION.shape[1] - 1
   t_expr = t + latent_rng.normal(0.0, asynchrony, n_cells)
-  library = (mean_library_size * np.exp(latent_rng.normal(-0.5 * 0.45**2, 0.45, n_cells))
+  library = (mean_library_size * lognormal_factor(latent_rng, 0.45, n_cells)
              * donor_factor[donor])
   unk_mix = latent_rng.uniform(0.5, 1.0, n_cells)
 
@@ -335,7 +349,7 @@ def simulate_cells(n_cells: int = 30_000, n_genes: int = 2_000, n_donors: int = 
     m *= (library[a:b] / m.sum(axis=1)).astype(np.float32)[:, None]
     return m
 
-  counts = _sample_counts(mean_block, n_cells, prog.dispersion, count_rng)
+  counts = sample_counts(mean_block, n_cells, prog.dispersion, count_rng)
 
   width = max(6, len(str(n_cells - 1)))
   obs = pd.DataFrame({
@@ -487,7 +501,7 @@ def _hex_tissue(n_spots: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
   Returns (array_row_col int (n, 2), normalised coordinates (n, 2) in about [-1, 1]);
   the grid is sized so that about ``n_spots`` spots fall on tissue.
   """
-  pitch = 100.0
+  pitch = SPOT_PITCH
   aspect = 1.25
   cavity = dict(centre=(0.15, 0.05), axes=(0.35, 0.35))
   tissue_fraction = 1.0 - cavity["axes"][0] * cavity["axes"][1]
@@ -510,8 +524,8 @@ def _hex_tissue(n_spots: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
   return np.stack([row, col], 1)[inside], np.stack([x, y], 1)[inside] / np.array([a, b])
 
 
-def _smooth_field(uv: np.ndarray, rng: np.random.Generator, n_modes: int = 8,
-                  max_freq: float = 3.0) -> np.ndarray:
+def smooth_field(uv: np.ndarray, rng: np.random.Generator, n_modes: int = 8,
+                 max_freq: float = 3.0) -> np.ndarray:
   """A random low-frequency field (unit variance): makes neighbouring spots correlated."""
   freq = rng.uniform(-max_freq, max_freq, (n_modes, 2)) * np.pi
   phase = rng.uniform(0, 2 * np.pi, n_modes)
@@ -532,7 +546,7 @@ def _tissue_logits(uv: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   phi = rng.uniform(0, 2 * np.pi)                          # progenitor niche in the wall
   centre = 0.62 * np.array([np.cos(phi), np.sin(phi)])
   niche = np.exp(-((uv - centre)**2).sum(axis=1) / (2 * 0.2**2))
-  noise = [_smooth_field(uv, rng) for _ in range(2)]
+  noise = [smooth_field(uv, rng) for _ in range(2)]
   logits = np.empty((len(uv), len(POPULATIONS)))
   logits[:, _IPSC] = -7.0
   logits[:, _MES] = -5.5 + 2.5 * niche
@@ -581,15 +595,13 @@ def simulate_spatial(n_spots: int = 6_000, n_genes: int = 2_000, cells_per_spot:
 
   six = prog.proportions[:len(POPULATIONS)]
   umis = cells * prog.library_factor[:len(POPULATIONS)] * mean_cell_umis
-  umis *= np.exp(cell_rng.normal(-0.5 * 0.3**2, 0.3, n))[:, None]   # capture efficiency
+  umis *= lognormal_factor(cell_rng, 0.3, n)[:, None]   # capture efficiency
 
   def mean_block(a: int, b: int) -> np.ndarray:
     return (umis[a:b] @ six).astype(np.float32)
 
-  counts = _sample_counts(mean_block, n, prog.dispersion, count_rng)
-  # Visium-style coordinates in um: odd rows shifted by half a pitch.
-  xy = 100.0 * np.stack([grid[:, 1] + 0.5 * (grid[:, 0] % 2),
-                         grid[:, 0] * np.sqrt(3) / 2], axis=1)
+  counts = sample_counts(mean_block, n, prog.dispersion, count_rng)
+  xy = visium_xy(grid[:, 0], grid[:, 1])
   width = max(5, len(str(n - 1)))
   obs = pd.DataFrame({
       "type": pd.Categorical.from_codes(dominant, categories=list(POPULATIONS)),
