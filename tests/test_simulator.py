@@ -214,35 +214,37 @@ def test_same_arguments_give_identical_data():
   np.testing.assert_array_equal(s1.obsm["proportions"], s2.obsm["proportions"])
 
 
-def _sha256(adata) -> str:
-  """Digest of the counts, names and obs (categorical codes and categories, float64 values)."""
+def _digest(adata) -> str:
+  """sha256 of the counts, obs, var_names and obsm: any change of a draw shows."""
   h = hashlib.sha256()
   for a in (adata.X.data, adata.X.indices, adata.X.indptr):
-    h.update(np.ascontiguousarray(a, np.int64).tobytes())
-  h.update(repr(adata.X.shape).encode())
-  h.update("|".join(adata.obs_names).encode())
-  h.update("|".join(adata.var_names).encode())
-  for name, col in adata.obs.items():
-    h.update(name.encode())
-    if hasattr(col, "cat"):
-      h.update("|".join(map(str, col.cat.categories)).encode())
-      h.update(np.asarray(col.cat.codes, np.int64).tobytes())
-    else:
-      h.update(np.ascontiguousarray(col.to_numpy(), np.float64).tobytes())
+    h.update(np.ascontiguousarray(a).tobytes())
+  h.update(adata.obs.to_csv().encode())
+  h.update("\n".join(adata.var_names).encode())
+  for key in sorted(adata.obsm):
+    h.update(key.encode())
+    h.update(np.ascontiguousarray(adata.obsm[key]).tobytes())
   return h.hexdigest()
 
 
 @pytest.mark.parametrize("kwargs, digest", [
     (dict(n_cells=1_500, n_genes=300, n_donors=5, seed=3),
-     "380a34bbe7a6e0889e5fc2ec277e7770bdfde9a061340f74a363ef678c712506"),
+     "00f6b3d4421efbec4033bb8192d5280a4a6d79a9e4085b13761b650d2428bc39"),
     (dict(n_cells=5_000, n_genes=2_000, seed=0),
-     "3ed6c03b7f774987e82cc7bcc0181d2d4663f6dbd5a6b064200d4817d08693d9"),
+     "ea08b24fe427ab1ced4675b04476ef732e2210a3b0b588add8df3ae9ddf7218a"),
+    (dict(n_cells=500, n_genes=150, n_donors=4, seed=11),
+     "f6f3f2b4c1b08ae37fda7a8f0da3f1afc2b448c232a24f9e47908299fe28ff59"),
 ])
 def test_simulate_cells_output_is_pinned(kwargs, digest):
-  """Bit-identical to main before the donors, stages, labels and expression became
-  public functions shared with the clonal simulator (digests computed at 4cdab14).
-  A deliberate change of the snapshot model updates these digests."""
-  assert _sha256(simulator.simulate_cells(**kwargs)) == digest
+  """Bit-identical to main before the clonal and section simulators shared its pieces
+  (donors, stages, labels, expression, counts, smooth fields, the hex grid; digests
+  computed at 4cdab14). A deliberate change of the snapshot model updates them."""
+  assert _digest(simulator.simulate_cells(**kwargs)) == digest
+
+
+def test_simulate_spatial_output_is_pinned():
+  spots = simulator.simulate_spatial(n_spots=300, n_genes=150, seed=5)
+  assert _digest(spots) == "ee349c2f80d481c456316fa829af7970f57e12304e7db56863dbabf5d24a4fa5"
 
 
 def test_chunking_does_not_change_the_distribution():

@@ -199,7 +199,7 @@ def simulate_clones(n_cells: int = 20_000, n_genes: int = 2_000, n_donors: int =
   f_t = simulator.latent_trajectory(f_day, f_stage, founder_rng)
   clone_bias = donors.cm_logit[f_donor] + founder_rng.logistic(0.0, clone_fate_scale, n_founders)
   pace = np.exp(founder_rng.normal(0.0, pace_sd, n_founders))
-  prolif = np.exp(founder_rng.normal(-0.5 * proliferation_sd**2, proliferation_sd, n_founders))
+  prolif = simulator.lognormal_factor(founder_rng, proliferation_sd, n_founders)
   barcoded = founder_rng.random(n_founders) >= unlabelled_fraction
 
   # Living cells: one entry per cell in each array.

@@ -77,6 +77,7 @@ UNK_STAGE = _DAY_COMPOSITION.shape[1] - 1   # stage index of the UNK column abov
 T_MAX = 4.5               # latent coordinate of the most mature terminal cells
 _CM_FRACTION = 0.32       # CM among terminal cells overall (21.4K CM vs 44.6K CF)
 ASYNCHRONY = 0.3          # sd of the transcriptome's position around the annotated one
+SPOT_PITCH = 100.0        # um between neighbouring Visium spot centres
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +106,8 @@ class GeneProgrammes:
     return len(self.gene_names)
 
 
-def _named_genes() -> list[str]:
+def named_genes() -> list[str]:
+  """Marker, housekeeping and priming gene names, in the order they lead ``gene_names``."""
   names = list(HOUSEKEEPING)
   for pop in PROGRAMME_NAMES:
     names += MARKERS[pop]
@@ -114,7 +116,7 @@ def _named_genes() -> list[str]:
 
 def make_programmes(n_genes: int = 2000, seed: int = 0) -> GeneProgrammes:
   """Builds the lineage's gene programmes; the same (n_genes, seed) gives the same genes."""
-  named = _named_genes()
+  named = named_genes()
   if n_genes < len(named) + 10:
     raise DataError(f"n_genes={n_genes} is too small: the simulator needs at least "
                     f"{len(named) + 10} genes (markers, housekeeping and priming genes plus "
@@ -222,6 +224,18 @@ def sample_counts(mean_block: Callable[[int, int], np.ndarray], n_rows: int,
   return sp.csr_matrix((data_all, indices_all, indptr_all), shape=(n_rows, len(dispersion)))
 
 
+def lognormal_factor(rng: np.random.Generator, sd: float, size: int) -> np.ndarray:
+  """Multiplicative noise with mean 1 (log-normal, log sd ``sd``): library sizes, capture."""
+  return np.exp(rng.normal(-0.5 * sd**2, sd, size))
+
+
+def visium_xy(array_row: np.ndarray, array_col: np.ndarray) -> np.ndarray:
+  """Spot centres in um of a Visium-like hex grid (100 um pitch, odd rows shifted half a
+  pitch), from ``array_row`` / ``array_col``; (n, 2) float64 starting at the origin."""
+  return SPOT_PITCH * np.stack([array_col + 0.5 * (array_row % 2),
+                                array_row * np.sqrt(3) / 2], axis=1)
+
+
 # --------------------------------------------------------------------------- cells
 
 
@@ -304,8 +318,7 @@ def day_latent_mean() -> np.ndarray:
 def cell_library(donors: Donors, donor: np.ndarray, mean_library_size: float,
                  rng: np.random.Generator) -> np.ndarray:
   """Per-cell UMI depth before the population's size factor: log-normal x the donor's."""
-  return (mean_library_size * np.exp(rng.normal(-0.5 * 0.45**2, 0.45, len(donor)))
-          * donors.factor[donor])
+  return mean_library_size * lognormal_factor(rng, 0.45, len(donor)) * donors.factor[donor]
 
 
 def population_labels(t: np.ndarray, branch: np.ndarray, is_unk: np.ndarray) -> np.ndarray:
@@ -572,7 +585,7 @@ def _hex_tissue(n_spots: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
   Returns (array_row_col int (n, 2), normalised coordinates (n, 2) in about [-1, 1]);
   the grid is sized so that about ``n_spots`` spots fall on tissue.
   """
-  pitch = 100.0
+  pitch = SPOT_PITCH
   aspect = 1.25
   cavity = dict(centre=(0.15, 0.05), axes=(0.35, 0.35))
   tissue_fraction = 1.0 - cavity["axes"][0] * cavity["axes"][1]
@@ -595,8 +608,8 @@ def _hex_tissue(n_spots: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
   return np.stack([row, col], 1)[inside], np.stack([x, y], 1)[inside] / np.array([a, b])
 
 
-def _smooth_field(uv: np.ndarray, rng: np.random.Generator, n_modes: int = 8,
-                  max_freq: float = 3.0) -> np.ndarray:
+def smooth_field(uv: np.ndarray, rng: np.random.Generator, n_modes: int = 8,
+                 max_freq: float = 3.0) -> np.ndarray:
   """A random low-frequency field (unit variance): makes neighbouring spots correlated."""
   freq = rng.uniform(-max_freq, max_freq, (n_modes, 2)) * np.pi
   phase = rng.uniform(0, 2 * np.pi, n_modes)
@@ -617,7 +630,7 @@ def _tissue_logits(uv: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   phi = rng.uniform(0, 2 * np.pi)                          # progenitor niche in the wall
   centre = 0.62 * np.array([np.cos(phi), np.sin(phi)])
   niche = np.exp(-((uv - centre)**2).sum(axis=1) / (2 * 0.2**2))
-  noise = [_smooth_field(uv, rng) for _ in range(2)]
+  noise = [smooth_field(uv, rng) for _ in range(2)]
   logits = np.empty((len(uv), len(POPULATIONS)))
   logits[:, _IPSC] = -7.0
   logits[:, _MES] = -5.5 + 2.5 * niche
@@ -666,15 +679,13 @@ def simulate_spatial(n_spots: int = 6_000, n_genes: int = 2_000, cells_per_spot:
 
   six = prog.proportions[:len(POPULATIONS)]
   umis = cells * prog.library_factor[:len(POPULATIONS)] * mean_cell_umis
-  umis *= np.exp(cell_rng.normal(-0.5 * 0.3**2, 0.3, n))[:, None]   # capture efficiency
+  umis *= lognormal_factor(cell_rng, 0.3, n)[:, None]   # capture efficiency
 
   def mean_block(a: int, b: int) -> np.ndarray:
     return (umis[a:b] @ six).astype(np.float32)
 
   counts = sample_counts(mean_block, n, prog.dispersion, count_rng)
-  # Visium-style coordinates in um: odd rows shifted by half a pitch.
-  xy = 100.0 * np.stack([grid[:, 1] + 0.5 * (grid[:, 0] % 2),
-                         grid[:, 0] * np.sqrt(3) / 2], axis=1)
+  xy = visium_xy(grid[:, 0], grid[:, 1])
   width = max(5, len(str(n - 1)))
   obs = pd.DataFrame({
       "type": pd.Categorical.from_codes(dominant, categories=list(POPULATIONS)),
