@@ -100,6 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
   model.branch_dropout = 0.5                   # train-only: drop the sequence logits
   model.norm = "batch"                         # "batch" | "layer"
   model.pooling = "mean_last"                  # "mean" | "last" | "mean_last"
+  model.positions = "learned"                  # "learned" | "none" (steps as a set)
   model.dtype = "auto"                         # "auto" | "float32" | "bfloat16"
 
   # ---------------------------------------------------------------- train

@@ -167,12 +167,14 @@ def _members_summary(run: run_lib.Run, per_member: dict[str, list[dict[str, Any]
 def report_best(run: run_lib.Run, workdir: str, ckpt: checkpoint_lib.Checkpointer,
                 records: list[dict[str, Any]], es: members_lib.MemberStopping,
                 t_start: float, *,
-                on_best: Callable[[run_lib.Run, steps.TrainState, str], Any] | None = None
-                ) -> dict[str, Any]:
+                on_best: Callable[[run_lib.Run, steps.TrainState, str, dict[str, Any]], Any]
+                | None = None) -> dict[str, Any]:
   """Evaluates the best checkpoint's weights on every split and writes the report.
 
-  ``on_best(run, state, workdir)``, when given, receives the best state with the
-  chosen branch gate (the exported model must carry exactly what was reported).
+  ``on_best(run, state, workdir, results)``, when given, receives the best state
+  with the chosen branch gate (the exported model must carry exactly what was
+  reported) before the report is written, and may add to ``results`` (a task's
+  scores of whole clones or spots: ``outputs.finish_run``).
   """
   state, meta = ckpt.restore_best(run.abstract_state)
   state = members_lib.from_storage(state, run.num_members)
@@ -194,9 +196,9 @@ def report_best(run: run_lib.Run, workdir: str, ckpt: checkpoint_lib.Checkpointe
   results["branch_gate"] = gate
   if k > 1:   # a one-member run's report is its member's own: no table of one
     results["members"] = _members_summary(run, per_member, meta)
-  report_lib.write_report(workdir, results, records)
   if on_best is not None:
-    on_best(run, state, workdir)
+    on_best(run, state, workdir, results)
+  report_lib.write_report(workdir, results, records)
   logging.info("Test accuracy %.4f, macro-F1 %.4f (best epoch %d of %d); report in %s",
                results["test_acc"], results["macro_f1"], results["best_epoch"],
                results["epochs_run"], workdir)

@@ -169,8 +169,11 @@ def export_model(run: Any, state: Any, workdir: str | os.PathLike, *,
       "branch_gate": None if gate is None else np.asarray(gate, np.float64).tolist(),
       "num_members": members_lib.num_members(config),
       "n_genes": int(len(preprocessor.gene_names)),
+      "task": str(meta.get("task", "snapshot")),
       # A fate model (configs/fate.py): which populations get a fate, and from what.
       **({"fate": meta["fate"]} if meta.get("fate") else {}),
+      # A unit task (clones, regions): what its predictor needs to rebuild sequences.
+      **({"task_info": meta["task_info"]} if meta.get("task_info") else {}),
       "provenance": {"data_cache_key": str(meta.get("cache_key", "")),
                      "data": _data_stamp(config.data),
                      "workdir": os.path.abspath(workdir),

@@ -53,6 +53,7 @@ ADDED_FIELDS = {
     "train.member_axis": "auto",
     "data.fate_classes": ["CM", "CF"],
     "data.task": "snapshot",
+    "model.positions": "learned",
 }
 
 

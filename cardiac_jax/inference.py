@@ -18,6 +18,7 @@ from cardiac_jax import evaluation
 from cardiac_jax import export as export_lib
 from cardiac_jax import fingerprint as fingerprint_lib
 from cardiac_jax import members as members_lib
+from cardiac_jax import outputs
 from cardiac_jax import report as report_lib
 from cardiac_jax import run as run_lib
 from cardiac_jax import steps
@@ -61,7 +62,7 @@ def evaluate_and_report(config: ml_collections.ConfigDict, workdir: str, *,
     records = report_lib.truncate_metrics(
         os.path.join(workdir, report_lib.METRICS_FILE), int(meta["epoch"]))
     return evaluation.report_best(run, workdir, ckpt, records, es, t_start,
-                                  on_best=export_lib.export_if_possible)
+                                  on_best=outputs.finish_run)
 
 
 def export_workdir(workdir: str | os.PathLike) -> pathlib.Path:

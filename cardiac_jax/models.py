@@ -20,6 +20,7 @@ from cardiac_jax.errors import ConfigError
 
 NORMS = ("batch", "layer")
 POOLINGS = ("mean", "last", "mean_last")
+POSITIONS = ("learned", "none")
 DTYPES = ("auto", "float32", "bfloat16")
 
 
@@ -212,6 +213,9 @@ class SequenceClassifier(nn.Module):
       visible step, or "mean_last" (both, concatenated). The label is the
       population of the path's endpoint, so a plain mean dilutes the most
       informative step; "mean_last" keeps it and the path's context.
+    positions: "learned" (a position embedding: a walk's steps are ordered) or
+      "none" (the steps are a set, e.g. a clone's cells, whose order within a
+      day means nothing; each step still carries its day feature).
     dtype: compute dtype; parameters stay float32.
   """
   num_classes: int
@@ -229,6 +233,7 @@ class SequenceClassifier(nn.Module):
   branch_dropout: float = 0.0
   norm: str = "batch"
   pooling: str = "mean_last"
+  positions: str = "learned"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -240,6 +245,9 @@ class SequenceClassifier(nn.Module):
       raise ConfigError(f"model.norm={self.norm!r} is unknown; choose one of {NORMS}.")
     if self.pooling not in POOLINGS:
       raise ConfigError(f"model.pooling={self.pooling!r} is unknown; choose one of {POOLINGS}.")
+    if self.positions not in POSITIONS:
+      raise ConfigError(f"model.positions={self.positions!r} is unknown; choose one of "
+                        f"{POSITIONS}.")
     seq_len = x.shape[1]
     visible = mask > 0                                        # (B, L) bool
     # The cell head reads the clean last step: the noise below regularises the
@@ -255,9 +263,10 @@ class SequenceClassifier(nn.Module):
     x = Dropout(self.input_dropout, deterministic=not train)(x)
     h = nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32, name="embed")(x)
     h = _norm(self.norm, self.dtype, train, "norm_embed")(h, token_mask)
-    pos = self.param("pos_embedding", nn.initializers.normal(0.02),
-                     (self.length, self.width), jnp.float32)
-    h = h + pos[None, :seq_len].astype(self.dtype)
+    if self.positions == "learned":
+      pos = self.param("pos_embedding", nn.initializers.normal(0.02),
+                       (self.length, self.width), jnp.float32)
+      h = h + pos[None, :seq_len].astype(self.dtype)
     for i, rate in enumerate(self.dropout_rates):
       h = Block(self.num_heads, self.mlp_ratio, rate, self.attention_dropout, self.norm,
                 self.dtype, name=f"block_{i}")(h, attn_mask, token_mask, train=train)
@@ -344,6 +353,7 @@ def model_from_config(config: ml_collections.ConfigDict, num_classes: int,
       branch_dropout=m.get("branch_dropout", 0.0),
       norm=m.norm,
       pooling=m.get("pooling", "mean_last"),
+      positions=m.get("positions", "learned"),
       dtype=resolve_dtype(m.dtype),
   )
 

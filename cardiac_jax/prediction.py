@@ -38,92 +38,16 @@ import numpy as np
 from cardiac_jax import export as export_lib
 from cardiac_jax import fileio
 from cardiac_jax import progress as progress_lib
+from cardiac_jax import query
 from cardiac_jax.data.errors import DataError
 
 BLOCK_CELLS = 2048          # anchors per walk/prediction block (fixes the rng streams)
-TRANSFORM_CHUNK = 5_000     # rows embedded at once (dense temporaries: ~4 x rows x genes floats)
-MIN_GENE_FRACTION = 0.5     # of the model's genes the new data must carry
-
-
-def map_time_labels(labels: np.ndarray, model_labels: Sequence[str]) -> np.ndarray:
-  """int32 index into ``model_labels`` of each label: exact string, else equal as numbers."""
-  labels = np.asarray(labels).astype(str)
-  model_labels = [str(t) for t in model_labels]
-  exact = {t: i for i, t in enumerate(model_labels)}
-  numeric = {}
-  for i, t in enumerate(model_labels):
-    try:
-      numeric[float(t)] = i
-    except ValueError:
-      pass
-  uniq, inverse = np.unique(labels, return_inverse=True)
-  index, unknown = [], []
-  for u in uniq:
-    if u in exact:
-      index.append(exact[u])
-      continue
-    try:
-      index.append(numeric[float(u)])
-    except (ValueError, KeyError):
-      unknown.append(str(u))
-      index.append(-1)
-  if unknown:
-    raise DataError(f"time labels {unknown} are not among the model's time labels "
-                    f"{model_labels}; relabel them (e.g. adata.obs[time_key] = "
-                    "adata.obs[time_key].map({...})) or drop those cells")
-  return np.asarray(index, np.int32)[inverse]
-
-
-def _time_column(adata: Any, time_key: str) -> np.ndarray:
-  if not time_key or time_key not in adata.obs.columns:
-    raise DataError(f"obs has no time column {time_key!r}; obs keys present: "
-                    f"{list(adata.obs.columns)}; pass time_key= (--time_key) naming the column "
-                    "with each cell's time point")
-  column = adata.obs[time_key]
-  if column.isna().any():
-    raise DataError(f"obs[{time_key!r}] has {int(column.isna().sum())} missing values; fill "
-                    "them or drop those cells before predicting")
-  return column.astype(str).to_numpy().astype(str)
-
-
-def _gene_overlap(pp: Any, gene_names: np.ndarray, min_fraction: float
-                  ) -> tuple[list[str], list[str]]:
-  present = set(gene_names.tolist())
-  used = [g for g in pp.gene_names.tolist() if g in present]
-  missing = [g for g in pp.gene_names.tolist() if g not in present]
-  need = int(np.ceil(min_fraction * len(pp.gene_names)))
-  if len(used) < need:
-    raise DataError(f"only {len(used)} of the model's {len(pp.gene_names)} genes are in the "
-                    f"data (the minimum is {need}, {min_fraction:.0%}); use the same gene "
-                    "identifiers as the training data (symbols vs Ensembl IDs; first missing: "
-                    f"{missing[:5]}) or lower min_gene_fraction")
-  return used, missing
-
-
-def embed(counts: Any, gene_names: np.ndarray, pp: Any,
-          chunk_rows: int = TRANSFORM_CHUNK) -> np.ndarray:
-  """PCA coordinates (n, n_pcs) with the training preprocessor, in row chunks.
-
-  The columns of each chunk are put in gene-name order first, so the same cells
-  with their genes in another order give bit-identical coordinates.
-  """
-  import scipy.sparse as sp  # pylint: disable=g-import-not-at-top
-  order = np.argsort(gene_names, kind="stable")
-  names = gene_names[order]
-  if sp.issparse(counts) and counts.format != "csr":
-    counts = sp.csr_matrix(counts)
-  out = np.empty((counts.shape[0], pp.n_pcs), np.float32)
-  for start in range(0, counts.shape[0], chunk_rows):
-    block = counts[start:start + chunk_rows]
-    block = sp.csr_matrix(block if sp.issparse(block) else np.asarray(block))[:, order]
-    out[start:start + block.shape[0]] = pp.transform(block, names, chunk_rows=chunk_rows)
-  return out
 
 
 def predict(adata: Any, model: Any, *, time_key: str = "diffday",
             counts_layer: str | None = None, n_walks: int = 8,
             key_added: str = "cardiac_jax", copy: bool = False, seed: int = 0,
-            min_gene_fraction: float = MIN_GENE_FRACTION, progress: bool | None = None,
+            min_gene_fraction: float = query.MIN_GENE_FRACTION, progress: bool | None = None,
             population_key: str = "") -> Any:
   """Predicts the population each cell's lineage path ends in, into the AnnData.
 
@@ -163,29 +87,14 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
       the model's genes, or a model that cannot be loaded.
   """
   import pandas as pd  # pylint: disable=g-import-not-at-top
-  from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
 
   if not isinstance(model, export_lib.Model):
     model = export_lib.load_model(model)
   if n_walks < 1:
     raise DataError(f"n_walks must be >= 1, got {n_walks}")
-  if adata.n_obs == 0:
-    raise DataError("the AnnData has no cells")
-  times = _time_column(adata, time_key)
-  time_index = map_time_labels(times, model.time_labels)
-  layer = counts_layer or ""
-  matrix = ingest.counts_matrix(adata, layer, "counts_layer (--counts_layer)")
-  ingest.check_counts(matrix, f"layers[{layer!r}]" if layer else "X",
-                      "counts_layer= (--counts_layer)")
-  gene_names = np.asarray(adata.var_names).astype(str)
-  if len(np.unique(gene_names)) != len(gene_names):
-    raise DataError("gene names (var_names) repeat; call adata.var_names_make_unique() so "
-                    "genes can be matched to the model's by name")
-  used, missing = _gene_overlap(model.preprocessor, gene_names, min_gene_fraction)
-  if missing:
-    logging.warning("%d of the model's %d genes are missing from the data (set to their "
-                    "training mean); listed in uns[%r]['genes_missing']", len(missing),
-                    len(model.preprocessor.gene_names), key_added)
+  time_index = query.map_time_labels(query.time_column(adata, time_key), model.time_labels)
+  counts = query.read_counts(adata, model, counts_layer=counts_layer,
+                             min_gene_fraction=min_gene_fraction, key_added=key_added)
   if copy:
     adata = adata.copy()
   if not adata.obs_names.is_unique:
@@ -197,26 +106,17 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
   anchors = np.arange(n, dtype=np.int64)
   if fate_cfg:   # before the embedding: a missing population column fails fast
     anchors = np.flatnonzero(_pre_branch(adata, fate_cfg, population_key))
-  # A cell without counts has no expression to read: it would sit at the training
-  # mean, on walks of its neighbours too. It is flagged and left unpredicted (NaN)
-  # rather than failing a whole file for a few empty droplets.
-  empty = np.asarray(matrix.sum(axis=1)).ravel() == 0
-  if empty.all():
-    raise DataError("every cell has zero counts; pass the raw counts (counts_layer= / "
-                    "--counts_layer) or filter the empty droplets out")
-  if empty.any():
-    logging.warning("%d of %d cells have no counts (empty droplets?): they get no prediction "
-                    "(NaN) and obs[%r] = True", int(empty.sum()), n, f"{key_added}_no_counts")
+  empty = counts.empty
   kept = np.flatnonzero(~empty)
   anchors = anchors[~empty[anchors]]
-  pcs = embed(matrix, gene_names, model.preprocessor)
+  pcs = query.embed(counts.matrix, counts.gene_names, model.preprocessor)
   probs = np.full((n, len(model.class_names)), np.nan, np.float32)
   probs[anchors] = walk_probabilities(model, pcs[kept], time_index[kept],
                                       np.searchsorted(kept, anchors), n_walks=n_walks,
                                       seed=seed, progress=progress)
   adata.obs[f"{key_added}_no_counts"] = empty
   fraction = float(model.info["walks"].get("observed_fraction", 1.0))
-  params = {"time_key": time_key, "counts_layer": layer, "n_walks": int(n_walks),
+  params = {"time_key": time_key, "counts_layer": counts_layer or "", "n_walks": int(n_walks),
             "seed": int(seed), "walk_length": int(length), "k_neighbors": int(k),
             "observed_fraction": fraction, "min_gene_fraction": float(min_gene_fraction)}
   days = [model.time_labels[i] for i in np.unique(time_index)]
@@ -224,7 +124,7 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
             "model_time_labels": list(model.time_labels), "time_labels_present": days,
             "single_day": len(days) == 1,
             "n_genes_model": int(len(model.preprocessor.gene_names)),
-            "n_genes_used": len(used), "genes_missing": missing}
+            "n_genes_used": len(counts.used), "genes_missing": counts.missing}
   adata.obsm[f"X_pca_{key_added}"] = pcs
   # A UMAP of an earlier embedding would be reused by viz.embedding_2d_for: drop it.
   adata.obsm.pop(f"X_umap_{key_added}", None)

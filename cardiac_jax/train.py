@@ -27,11 +27,11 @@ import optax
 
 from cardiac_jax import checkpoint as checkpoint_lib
 from cardiac_jax import evaluation
-from cardiac_jax import export as export_lib
 from cardiac_jax import fingerprint as fingerprint_lib
 from cardiac_jax import input_pipeline
 from cardiac_jax import members as members_lib
 from cardiac_jax import models
+from cardiac_jax import outputs
 from cardiac_jax import monitor
 from cardiac_jax import parallel
 from cardiac_jax import progress as progress_lib
@@ -190,4 +190,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       bar.close()
     ckpt.wait()
     return evaluation.report_best(run, workdir, ckpt, records, es, t_start,
-                                  on_best=export_lib.export_if_possible)
+                                  on_best=outputs.finish_run)

@@ -26,6 +26,7 @@ from cardiac_jax import config_lib
 from cardiac_jax import export
 from cardiac_jax import inference
 from cardiac_jax import prediction
+from cardiac_jax import query
 from cardiac_jax import train
 from cardiac_jax import viz
 from cardiac_jax.data import sequences
@@ -149,7 +150,7 @@ def test_prediction_streams_one_walk_of_one_block_at_a_time(run, monkeypatch, pr
   assert bar.total == bar.n == n and bar.closed and bar.kwargs["progress"] is False
   # Reference: all walks of a block at once (the seeds are per (seed, block, walk)).
   pcs = out.obsm["X_pca_cardiac_jax"]
-  t = prediction.map_time_labels(adata.obs["diffday"].astype(str).to_numpy(), model.time_labels)
+  t = query.map_time_labels(adata.obs["diffday"].astype(str).to_numpy(), model.time_labels)
   graph = sequences.temporal_graph(pcs, t, np.zeros(n, np.int32), np.arange(n),
                                    model.k_neighbors)
   want = np.empty_like(out.obsm["cardiac_jax_probs"])
@@ -207,7 +208,7 @@ def test_numeric_time_labels_and_single_day(run):
   adata.obs["day"] = adata.obs["diffday"].astype(str).str.replace("day", "").astype(float)
   with pytest.raises(DataError, match="not among"):      # 3.0 vs "day3": names differ
     cardiac_jax.predict(adata, run["model"], time_key="day", progress=False)
-  assert list(prediction.map_time_labels(np.array(["3.0", "3"]), ["1", "3"])) == [1, 1]
+  assert list(query.map_time_labels(np.array(["3.0", "3"]), ["1", "3"])) == [1, 1]
   one_day = adata[adata.obs["diffday"] == "day7"].copy()
   out = cardiac_jax.predict(one_day, run["model"], progress=False)
   assert bool(out.uns["cardiac_jax"]["single_day"])

@@ -40,6 +40,7 @@ BUILDERS: dict[str, types.ModuleType] = {"snapshot": snapshot, "fate": fate}
 _NOT_IN_KEY = ("cache_dir", "fate_classes", "sequences.observed_fraction",
                "sequences.time_shuffle")
 _ARRAYS = ("x", "y", "mask", "split", "modality", "source_index")
+_TABLE = "table/"   # npz key prefix of ``SequenceDataset.tables``
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,9 @@ class SequenceDataset:
       or Spots (modality 1).
     class_names: the class names, in label order.
     meta: JSON-able facts (cache key, counts per split and class, time labels, ...).
+    tables: named arrays of the units the sequences are drawn from, for tasks
+      that score units rather than sequences (a clone's cells, a section's
+      spots: ``clones``, ``regions``); not indexed by sequence, carried as they are.
   """
   x: np.ndarray
   y: np.ndarray
@@ -66,6 +70,7 @@ class SequenceDataset:
   source_index: np.ndarray
   class_names: tuple[str, ...]
   meta: dict
+  tables: dict = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     n = self.x.shape[0]
@@ -113,6 +118,7 @@ class SequenceDataset:
     arrays = {k: getattr(self, k) for k in _ARRAYS}
     arrays["class_names"] = np.asarray(self.class_names, dtype=np.str_)
     arrays["meta"] = np.asarray(json.dumps(self.meta, sort_keys=True))
+    arrays.update({_TABLE + k: np.asarray(v) for k, v in self.tables.items()})
     with fileio.atomic_path(path) as tmp:
       with open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
@@ -129,7 +135,8 @@ class SequenceDataset:
       arrays = {k: z[k] for k in _ARRAYS}
       class_names = tuple(str(c) for c in z["class_names"])
       meta = json.loads(str(z["meta"]))
-    return cls(class_names=class_names, meta=meta, **arrays)
+      tables = {k[len(_TABLE):]: z[k] for k in z.files if k.startswith(_TABLE)}
+    return cls(class_names=class_names, meta=meta, tables=tables, **arrays)
 
 
 # ---------------------------------------------------------------- cache
