@@ -34,8 +34,7 @@ def _scores(run, state) -> dict[str, list[float]]:
   state, gate = evaluation.select_branch_gate(run, state)
   out = {"gate": None if gate is None else gate["chosen"]}
   for split in ("val", "test"):
-    evs = evaluation.evaluate_members(run.fns.eval_chunk, state, run.data, run.chunks[split],
-                                      run.num_members)
+    evs = evaluation.evaluate(run.fns.eval_chunk, state, run.data, run.chunks[split])
     out[f"{split}_acc"] = [e["acc"] for e in evs]
   return out
 

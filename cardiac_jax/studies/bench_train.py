@@ -57,7 +57,8 @@ from cardiac_jax import members
 from cardiac_jax import models
 from cardiac_jax import optim
 from cardiac_jax import parallel
-from cardiac_jax import train
+from cardiac_jax import run as run_lib
+from cardiac_jax import steps as steps_lib
 from cardiac_jax.data import dataset as dataset_lib
 from cardiac_jax.studies import common
 from cardiac_jax.studies import hlo_profile
@@ -122,7 +123,7 @@ def synthetic_dataset(config: Any, seed: int = 0) -> dataset_lib.SequenceDataset
       meta={"cache_key": f"bench-synthetic-{n}-{length}-{features}-{seed}"})
 
 
-def _epoch_indices(run: train.Run, steps: int) -> np.ndarray:
+def _epoch_indices(run: run_lib.Run, steps: int) -> np.ndarray:
   """(steps, batch) dataset rows in train.py's stratified order (epochs 1, 2, ...)."""
   labels = run.dataset.y[run.train_pos]
   orders, epoch = [], 1
@@ -133,12 +134,12 @@ def _epoch_indices(run: train.Run, steps: int) -> np.ndarray:
   return run.train_pos[np.concatenate(orders)[:steps]].astype(np.int32)
 
 
-def bench_training(run: train.Run, steps: int, repeats: int) -> dict[str, Any]:
+def bench_training(run: run_lib.Run, steps: int, repeats: int) -> dict[str, Any]:
   """Compile time, FLOPs and best-of timings of ``steps`` steps in one epoch call."""
   config = run.config
   batch_size = config.train.batch_size
   state = parallel.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
-  idx = parallel.place_batches(_epoch_indices(run, steps), batch_axis=1)
+  idx = parallel.place_batches(_epoch_indices(run, steps)[None], batch_axis=2)
 
   t0 = time.perf_counter()
   lowered = run.fns.train_epoch.lower(state, run.data, idx, run.train_rng)
@@ -147,10 +148,11 @@ def bench_training(run: train.Run, steps: int, repeats: int) -> dict[str, Any]:
 
   # FLOPs of one step from its own compilation (a while loop's body is counted once).
   tx = optim.make_optimizer(config, run.schedules)
-  step = jax.jit(functools.partial(train.train_step, model=run.model, tx=tx,
+  step = jax.jit(functools.partial(steps_lib.train_step, model=run.model, tx=tx,
                                    schedules=run.schedules))
   batch = {k: v[:batch_size] for k, v in run.data.items()}
-  step_cost = step.lower(state, batch, run.train_rng).compile().cost_analysis() or {}
+  step_cost = step.lower(members.take(state, 0), batch,
+                         run.train_rng[0]).compile().cost_analysis() or {}
   epoch_cost = compiled.cost_analysis() or {}
   pooled = config.model.width * (2 if config.model.get("pooling") == "mean_last" else 1)
   analytic = analytic_train_flops(batch_size, run.dataset.length, run.dataset.num_features,
@@ -210,11 +212,10 @@ def bench_variants(variants: dict[str, Any], ds: Any, steps: int, repeats: int,
   calls, out = {}, {}
   for label, cfg in variants.items():
     k = int(cfg.train.num_members)
-    run = train.build_run(cfg, ds)
+    run = run_lib.build_run(cfg, ds)
     state = parallel.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
     one = _epoch_indices(run, steps)
-    idx = np.stack([one] * k) if k > 1 else one
-    idx = parallel.place_batches(idx, batch_axis=2 if k > 1 else 1)
+    idx = parallel.place_batches(np.stack([one] * k), batch_axis=2)
     t0 = time.perf_counter()
     compiled = run.fns.train_epoch.lower(state, run.data, idx, run.train_rng).compile()
     holder = {"state": state}
@@ -244,7 +245,8 @@ def bench_variants(variants: dict[str, Any], ds: Any, steps: int, repeats: int,
 def _variants(config: Any, ks: list[int], dtypes: list[str],
               axes: list[str]) -> dict[str, Any]:
   """Every (K, dtype, member axis) of ``--members`` x ``--dtypes`` x ``--member_axes``
-  as a config (K = 1 once per dtype: it has no member axis)."""
+  as a config (K = 1 once per dtype: one member compiles the single model's program,
+  whatever the member axis)."""
   out = {}
   for dtype in dtypes or [config.model.dtype]:
     for k in ks or [1]:
@@ -261,11 +263,11 @@ def bench_eval(run: train.Run, repeats: int) -> dict[str, Any]:
   state = parallel.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
   chunks = run.chunks["val"]
   t0 = time.perf_counter()
-  evaluation.evaluate(run.fns.eval_chunk, state, run.data, chunks)
+  evaluation.evaluate(run.fns.eval_chunk, state, run.data, chunks)[0]
   first = time.perf_counter() - t0
-  times = _best(lambda: evaluation.evaluate(run.fns.eval_chunk, state, run.data, chunks)["loss"],
+  times = _best(lambda: evaluation.evaluate(run.fns.eval_chunk, state, run.data, chunks)[0]["loss"],
                 repeats)
-  count = evaluation.evaluate(run.fns.eval_chunk, state, run.data, chunks)["count"]
+  count = evaluation.evaluate(run.fns.eval_chunk, state, run.data, chunks)[0]["count"]
   return {"sequences": count, "chunk": int(chunks[0][0].shape[0]),
           "first_call_s": first, "seq_per_s": count / min(times)}
 
@@ -307,7 +309,7 @@ def main(argv: Sequence[str]) -> None:
     ds = synthetic_dataset(config)
   elif ds is None:
     ds = dataset_lib.build_dataset(config.data)
-  run = train.build_run(config, ds)
+  run = run_lib.build_run(config, ds)
   dtype = models.resolve_dtype(run.config.model.dtype)
 
   mm_before = matmul_gflops(FLAGS.matmul_size, dtype)

@@ -51,6 +51,7 @@ from cardiac_jax import baselines
 from cardiac_jax import config_lib
 from cardiac_jax import fileio
 from cardiac_jax.data import dataset as dataset_lib
+from cardiac_jax.data import sources
 from cardiac_jax.data import ingest
 from cardiac_jax.data import simulator
 from cardiac_jax.data import splits as splits_lib
@@ -78,7 +79,7 @@ def prepared_cells(config: Any) -> tuple[Any, Any]:
   if config.data.source != "simulator":
     raise ValueError("the ceiling needs the simulator's latents; config.data.source is "
                      f"{config.data.source!r} (use a preset on the embedded simulator).")
-  adata = dataset_lib.load_cells(config.data)
+  adata = sources.load_cells(config.data)
   cells = ingest.prepare_cells(adata, config.data)
   return cells, adata.obs.loc[cells.obs_names]
 
@@ -147,7 +148,7 @@ def fresh_cells(config: Any, n_cells: int) -> tuple[np.ndarray, np.ndarray, np.n
   from cardiac_jax.data import sequences  # pylint: disable=g-import-not-at-top
   fresh = config.copy_and_resolve_references()
   fresh.data.simulator.n_cells = int(n_cells)
-  cells = ingest.prepare_cells(dataset_lib.load_cells(fresh.data), fresh.data)
+  cells = ingest.prepare_cells(sources.load_cells(fresh.data), fresh.data)
   pp = preprocess.Preprocessor.load(dataset_lib.cache_paths(config.data)[1])
   pcs = np.asarray(pp.transform(cells.counts, cells.gene_names), np.float32)
   day = sequences.time_feature(cells.time_index, len(cells.time_labels))[:, None]

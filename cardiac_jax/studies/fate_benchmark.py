@@ -97,11 +97,11 @@ def _paths(workdir: str, seed: int) -> dict[str, pathlib.Path]:
 
 def _prepare(config: ml_collections.ConfigDict, paths: dict[str, pathlib.Path]) -> None:
   """The query cells (the prepared cells' rows, UNK dropped) and their split."""
-  from cardiac_jax import fate  # pylint: disable=g-import-not-at-top
-  from cardiac_jax.data import dataset  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.data import fate  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.data import sources  # pylint: disable=g-import-not-at-top
   paths["root"].mkdir(parents=True, exist_ok=True)
   names, split = fate.cell_split_of(config.data)
-  adata = dataset.load_cells(config.data)
+  adata = sources.load_cells(config.data)
   adata = adata[names].copy()
   adata.write_h5ad(paths["cells"])
   np.savez(paths["split"], obs_names=names, split=split)
@@ -247,10 +247,10 @@ def run_stage(config: ml_collections.ConfigDict, stage: str, seed: int, workdir:
     cells = _training_cells(config)
     timings["labels_s"] = time.perf_counter() - t0
     if stage == "logreg":
-      from cardiac_jax.data import dataset  # pylint: disable=g-import-not-at-top
       from cardiac_jax.data import sequences  # pylint: disable=g-import-not-at-top
+      from cardiac_jax.data import sources  # pylint: disable=g-import-not-at-top
       # The build's own embedding of the query cells (same rows, train-fitted PCA).
-      prepared, _, _, pcs = dataset.embedded_cells(config.data)
+      prepared, _, _, pcs = sources.embedded_cells(config.data)
       x = np.c_[pcs, sequences.time_feature(prepared.time_index, len(prepared.time_labels))]
       clf = _fit_logreg(cells["x"], cells["y"], cells["split"], seed)
       p = _cm_column(clf, cells["class_names"], x).astype(np.float32)
@@ -297,7 +297,7 @@ def score_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
                methods: Sequence[str]) -> dict[str, Any]:
   """Scores of every method's P(CM) on the seed's TEST-split pre-branch cells."""
   import anndata as ad  # pylint: disable=g-import-not-at-top
-  from cardiac_jax import fate  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.data import fate  # pylint: disable=g-import-not-at-top
   paths = _paths(workdir, seed)
   obs = ad.read_h5ad(paths["cells"], backed="r").obs
   split = np.load(paths["split"])["split"]

@@ -61,9 +61,9 @@ def main(argv: Sequence[str]) -> None:
   run, state, meta = inference.restore_best(config, FLAGS.workdir, dataset=ds)
   split, labels = np.asarray(ds.split), np.asarray(ds.y)
   y = {s: labels[split == splits_lib.SPLIT_IDS[s]] for s in SPLITS}
-  logp = {(g, s): [_log(e["probs"]) for e in evaluation.evaluate_members(
+  logp = {(g, s): [_log(e["probs"]) for e in evaluation.evaluate(
       run.fns.eval_chunk, evaluation.with_branch_gate(state, g), run.data, run.chunks[s],
-      run.num_members, with_probs=True)] for g in (0.0, 1.0) for s in SPLITS}
+      with_probs=True)] for g in (0.0, 1.0) for s in SPLITS}
   selected, probs = baselines.baseline_probs(ds, FLAGS.baseline, seed=int(config.seed))
   base = {s: _log(probs[s]) for s in SPLITS}
   result = {"workdir": FLAGS.workdir, "best_epoch": meta["epoch"], "baseline": FLAGS.baseline,
