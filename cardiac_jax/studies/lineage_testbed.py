@@ -78,7 +78,7 @@ factors diverge by a Brownian step per division after it.
 Costs (2 shared cores): growth and factors ~0.4 s per founder of 20K nodes;
 expression ~4 ms per sampled cell at 1,000 genes (the technical noise is a
 Python loop per cell): 2 founders (3.3K cells) 19 s, 12 founders (20.6K
-cells) 120 s; peak memory under 1 GB at 20K.
+cells) 120-230 s by the machine's load, peak RSS 1.4 GB (/usr/bin/time).
 """
 from __future__ import annotations
 
