@@ -25,7 +25,6 @@ from cardiac_jax import report as report_lib
 from cardiac_jax import run as run_lib
 from cardiac_jax import steps
 from cardiac_jax.data import clonal
-from cardiac_jax.data import sequences
 from cardiac_jax.data import splits as splits_lib
 from cardiac_jax.data.errors import DataError
 
@@ -55,8 +54,8 @@ def clone_probabilities(predict_fn: PredictFn, cell_pcs: np.ndarray, cell_time: 
     srcs.append(src)
     masks.append(mask)
   src, mask = np.concatenate(srcs), np.concatenate(masks)
-  x = sequences.assemble_features(cell_pcs, src, sequences.time_feature(cell_time, n_times), 0)
-  probs = predict_fn(x, mask)
+  probs = predict_fn(clonal.sequence_features(cell_pcs, cell_time, cell_clone, src, n_times),
+                     mask)
   out, start = [], 0
   for clones, _ in requests:
     n = len(clones) * draws
