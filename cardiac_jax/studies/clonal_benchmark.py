@@ -62,9 +62,8 @@ def write_embedded_bed(path: pathlib.Path, seed: int, n_cells: int = 20_000,
   from cardiac_jax import fileio  # pylint: disable=g-import-not-at-top
   from cardiac_jax.data import clonal_simulator  # pylint: disable=g-import-not-at-top
   if not path.exists():
-    adata = clonal_simulator.simulate_clones(n_cells=n_cells, n_genes=n_genes, seed=seed)
-    with fileio.atomic_path(path) as tmp:
-      adata.write_h5ad(tmp)
+    fileio.atomic_write_h5ad(
+        clonal_simulator.simulate_clones(n_cells=n_cells, n_genes=n_genes, seed=seed), path)
   return path
 
 
@@ -285,17 +284,20 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
 def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
   lines = ["# Clone fate from early cells: the model, baselines and CoSpar", "",
            f"Machine: {meta['machine']}; date {meta['date']}; command: `{meta['command']}`.", "",
-           "Test AUC of held-out clones pooled over the rotations of the clone split (each "
-           "rotation tests a different tenth of the clones), mean ± std over seeds "
+           "Test AUC of held-out clones pooled over the rotations run of the clone split (each "
+           f"rotation tests a different tenth of the clones; rotations {meta.get('rotations')}, "
+           f"CoSpar on rotations {meta.get('cospar_rotations')}), mean ± std over seeds "
            f"({meta['seeds']}); a clone is read from its cells up to each observation day. "
            "Differences are paired (the same clones), mean over seeds ± the combined "
            "bootstrap standard error. The best baseline is chosen on validation.", ""]
   for bed, t in summary.items():
     days = t["days"]
-    lines += [f"## {bed}", "", "| method | " + " | ".join(days) + " |",
+    lines += [f"## {bed}", "", "Test AUC mean ± std over seeds (accuracy):", "",
+              "| method | " + " | ".join(days) + " |",
               "|---" * (len(days) + 1) + "|"]
     for m, v in t["methods"].items():
-      lines.append(f"| {m} | " + " | ".join(common.fmt(v[d]["auc"], 3) for d in days) + " |")
+      lines.append(f"| {m} | " + " | ".join(
+          f"{common.fmt(v[d]['auc'], 3)} ({common.fmt(v[d]['acc'][0], 3)})" for d in days) + " |")
     lines += ["", "| comparison | " + " | ".join(days) + " |", "|---" * (len(days) + 1) + "|"]
     for key, rows in t["comparisons"].items():
       cells = [f"{rows[d]['diff']:+.3f} ± {rows[d]['se']:.3f}" if d in rows else "–"
@@ -337,7 +339,8 @@ def main(argv: Sequence[str]) -> None:
   summary = summarise(results)
   meta = {"machine": common.cpu_model(), "date": datetime.date.today().isoformat(),
           "command": " ".join(["python experiments/clonal_benchmark.py", *argv[1:]]),
-          "seeds": [int(s) for s in FLAGS.seeds]}
+          "seeds": [int(s) for s in FLAGS.seeds], "rotations": [int(r) for r in FLAGS.rotations],
+          "cospar_rotations": cospar_rotations}
   out = pathlib.Path(FLAGS.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   common.write_json(f"{out}.json", {"meta": meta, "summary": summary, "runs": results})
