@@ -238,8 +238,12 @@ def _predictions(clf: Any, xs: dict[str, np.ndarray], n_classes: int) -> dict[st
   return pred
 
 
-def _logreg(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray], seed: int,
-            class_weight: str | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def logreg(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray], seed: int,
+           class_weight: str | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+  """Logistic regression fitted on ``xs["train"]``, C chosen from ``LOGREG_C`` on val.
+
+  Returns ({"C": chosen C}, predictions per split and "val_probs" / "test_probs").
+  """
   n_classes = _num_classes(ys)
   def fit_predict(c):
     clf = linear_model.LogisticRegression(C=c, max_iter=1000, random_state=seed,
@@ -294,10 +298,10 @@ def _hgb(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray],
   return {"n_iter": best + 1}, pred
 
 
-_FITTERS = {"logreg_last": ("last", _logreg), "logreg_last_day": ("last_day", _logreg),
-            "logreg_mean": ("mean", _logreg),
+_FITTERS = {"logreg_last": ("last", logreg), "logreg_last_day": ("last_day", logreg),
+            "logreg_mean": ("mean", logreg),
             "hgb_summary": ("summary", _hgb), "knn_mean": ("mean", _knn),
-            "day_only": ("day", _logreg)}
+            "day_only": ("day", logreg)}
 
 
 def run_baselines(dataset: Any, names: Sequence[str] = BASELINES, seed: int = 0,

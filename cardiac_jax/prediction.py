@@ -48,7 +48,7 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
             counts_layer: str | None = None, n_walks: int = 8,
             key_added: str = "cardiac_jax", copy: bool = False, seed: int = 0,
             min_gene_fraction: float = query.MIN_GENE_FRACTION, progress: bool | None = None,
-            population_key: str = "") -> Any:
+            population_key: str = "", section_key: str = "") -> Any:
   """Predicts the population each cell's lineage path ends in, into the AnnData.
 
   With a fate model (``configs/fate.py``: ``model.info["fate"]``) it predicts
@@ -73,6 +73,9 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
       a terminal or a notebook only (``cardiac_jax.progress.enabled``).
     population_key: fate models only: the obs column of the populations ("" = the
       training data's, usually "type").
+    section_key: region models only (``configs/spatial.py``): the obs column of
+      the sections ("" = the training data's); such a model writes the region of
+      every spot instead (``regions.predict``; ``time_key`` is not used).
 
   Returns:
     The annotated AnnData (``adata`` itself unless ``copy``), with
@@ -90,6 +93,11 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
 
   if not isinstance(model, export_lib.Model):
     model = export_lib.load_model(model)
+  if model.info.get("task") == "regions":
+    from cardiac_jax import regions  # pylint: disable=g-import-not-at-top
+    return regions.predict(adata, model, section_key=section_key, counts_layer=counts_layer,
+                           n_walks=n_walks, key_added=key_added, copy=copy, seed=seed,
+                           min_gene_fraction=min_gene_fraction, progress=progress)
   if n_walks < 1:
     raise DataError(f"n_walks must be >= 1, got {n_walks}")
   time_index = query.map_time_labels(query.time_column(adata, time_key), model.time_labels)
@@ -233,6 +241,9 @@ def predictions_table(adata: Any, key_added: str = "cardiac_jax") -> Any:
   """
   import pandas as pd  # pylint: disable=g-import-not-at-top
   info = adata.uns[key_added]
+  if info.get("task") == "regions":
+    from cardiac_jax import regions  # pylint: disable=g-import-not-at-top
+    return regions.predictions_table(adata, key_added)
   if info.get("task") == "fate":
     fate = np.asarray(adata.obsm[info["keys"]["fate"]])
     rows = np.flatnonzero(~np.isnan(fate[:, 0]))
@@ -278,7 +289,12 @@ def predict_file(model_path: str | os.PathLike, input_path: str | os.PathLike,
   adata = predict(adata, model, **kwargs)
   written = write_predictions(adata, output_path, csv_path,
                               key_added=kwargs.get("key_added", "cardiac_jax"))
-  if plots_dir and adata.uns[kwargs.get("key_added", "cardiac_jax")].get("task") == "fate":
+  task = adata.uns[kwargs.get("key_added", "cardiac_jax")].get("task")
+  if plots_dir and task == "regions":
+    from cardiac_jax import regions  # pylint: disable=g-import-not-at-top
+    written.update(regions.plot_predictions(
+        adata, plots_dir, key_added=kwargs.get("key_added", "cardiac_jax"), true_key=true_key))
+  elif plots_dir and task == "fate":
     from cardiac_jax import viz  # pylint: disable=g-import-not-at-top
     written.update(viz.plot_fate(adata, plots_dir, key_added=kwargs.get("key_added", "cardiac_jax"),
                                  time_key=kwargs.get("time_key", "diffday")))
