@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- data
   data = config.data = ml_collections.ConfigDict()
-  data.task = "snapshot"               # the builder (data.dataset.BUILDERS): "snapshot" | "fate" | "regions"
+  data.task = "snapshot"               # the builder (data.dataset.BUILDERS): snapshot | fate | clonal | regions
   data.source = "simulator"            # "simulator" | "h5ad"
   data.path = ""                       # .h5ad path when source == "h5ad"
   data.counts_layer = ""               # "" = counts in X, else layers[counts_layer]

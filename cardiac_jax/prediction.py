@@ -30,25 +30,34 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import logging
 import numpy as np
 
+from cardiac_jax import clones
 from cardiac_jax import export as export_lib
 from cardiac_jax import fileio
 from cardiac_jax import progress as progress_lib
 from cardiac_jax import query
+from cardiac_jax import regions
 from cardiac_jax.data.errors import DataError
 
 BLOCK_CELLS = 2048          # anchors per walk/prediction block (fixes the rng streams)
+# model.info["task"] -> the predictor of a unit task (its own keys, table and plots).
+UNIT_PREDICTORS: dict[str, Callable[..., Any]] = {"clonal": clones.predict,
+                                                   "regions": regions.predict}
+UNIT_TABLES = {"clonal": (clones.predictions_table, clones.PREDICTIONS_CSV,
+                          clones.plot_predictions),
+               "regions": (regions.predictions_table, regions.PREDICTIONS_CSV,
+                           regions.plot_predictions)}
 
 
 def predict(adata: Any, model: Any, *, time_key: str = "diffday",
             counts_layer: str | None = None, n_walks: int = 8,
             key_added: str = "cardiac_jax", copy: bool = False, seed: int = 0,
             min_gene_fraction: float = query.MIN_GENE_FRACTION, progress: bool | None = None,
-            population_key: str = "", section_key: str = "") -> Any:
+            population_key: str = "", **unit_kwargs: Any) -> Any:
   """Predicts the population each cell's lineage path ends in, into the AnnData.
 
   With a fate model (``configs/fate.py``: ``model.info["fate"]``) it predicts
@@ -73,9 +82,10 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
       a terminal or a notebook only (``cardiac_jax.progress.enabled``).
     population_key: fate models only: the obs column of the populations ("" = the
       training data's, usually "type").
-    section_key: region models only (``configs/spatial.py``): the obs column of
-      the sections ("" = the training data's); such a model writes the region of
-      every spot instead (``regions.predict``; ``time_key`` is not used).
+    **unit_kwargs: a unit task's own keys (``UNIT_PREDICTORS``): clonal models
+      ``clone_key`` / ``clone_obsm``; region models (``configs/spatial.py``)
+      ``section_key``, the obs column of the sections ("" = the training data's),
+      and write the region of every spot instead (``regions.predict``).
 
   Returns:
     The annotated AnnData (``adata`` itself unless ``copy``), with
@@ -93,11 +103,11 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
 
   if not isinstance(model, export_lib.Model):
     model = export_lib.load_model(model)
-  if model.info.get("task") == "regions":
-    from cardiac_jax import regions  # pylint: disable=g-import-not-at-top
-    return regions.predict(adata, model, section_key=section_key, counts_layer=counts_layer,
-                           n_walks=n_walks, key_added=key_added, copy=copy, seed=seed,
-                           min_gene_fraction=min_gene_fraction, progress=progress)
+  unit_predict = UNIT_PREDICTORS.get(model.info.get("task", "snapshot"))
+  if unit_predict is not None:
+    return unit_predict(adata, model, time_key=time_key, counts_layer=counts_layer,
+                        n_walks=n_walks, key_added=key_added, copy=copy, seed=seed,
+                        min_gene_fraction=min_gene_fraction, progress=progress, **unit_kwargs)
   if n_walks < 1:
     raise DataError(f"n_walks must be >= 1, got {n_walks}")
   time_index = query.map_time_labels(query.time_column(adata, time_key), model.time_labels)
@@ -241,9 +251,6 @@ def predictions_table(adata: Any, key_added: str = "cardiac_jax") -> Any:
   """
   import pandas as pd  # pylint: disable=g-import-not-at-top
   info = adata.uns[key_added]
-  if info.get("task") == "regions":
-    from cardiac_jax import regions  # pylint: disable=g-import-not-at-top
-    return regions.predictions_table(adata, key_added)
   if info.get("task") == "fate":
     fate = np.asarray(adata.obsm[info["keys"]["fate"]])
     rows = np.flatnonzero(~np.isnan(fate[:, 0]))
@@ -271,14 +278,18 @@ def predict_file(model_path: str | os.PathLike, input_path: str | os.PathLike,
 
   Nothing is written unless prediction succeeded; both files appear together
   (each under a temporary name first, renamed at the end). Plots (optional) are
-  written after that, each PNG atomically.
+  written after that, each PNG atomically. A unit task's model (clones) writes
+  its own table (``clone_predictions.csv``) and plots.
   """
   from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
+  key = kwargs.get("key_added", "cardiac_jax")
   output_path = pathlib.Path(output_path)
-  csv_path = pathlib.Path(csv_path) if csv_path else output_path.with_name("predictions.csv")
+  model = export_lib.load_model(model_path)
+  table, csv_name, plot = UNIT_TABLES.get(model.info.get("task", "snapshot"),
+                                          (predictions_table, "predictions.csv", None))
+  csv_path = pathlib.Path(csv_path) if csv_path else output_path.with_name(csv_name)
   if pathlib.Path(input_path).resolve() == output_path.resolve():
     raise DataError(f"--output {output_path} is the input file; write to a new file")
-  model = export_lib.load_model(model_path)
   adata = ingest.load_h5ad(input_path)
   if not adata.obs_names.is_unique:
     repeated = adata.obs_names[adata.obs_names.duplicated()].unique()
@@ -287,32 +298,32 @@ def predict_file(model_path: str | os.PathLike, input_path: str | os.PathLike,
         "the rows of predictions.csv could not be joined back to the cells; make them unique "
         "first (adata.obs_names_make_unique(), then write the h5ad again)")
   adata = predict(adata, model, **kwargs)
-  written = write_predictions(adata, output_path, csv_path,
-                              key_added=kwargs.get("key_added", "cardiac_jax"))
-  task = adata.uns[kwargs.get("key_added", "cardiac_jax")].get("task")
-  if plots_dir and task == "regions":
-    from cardiac_jax import regions  # pylint: disable=g-import-not-at-top
-    written.update(regions.plot_predictions(
-        adata, plots_dir, key_added=kwargs.get("key_added", "cardiac_jax"), true_key=true_key))
-  elif plots_dir and task == "fate":
+  written = write_predictions(adata, output_path, csv_path, key_added=key, table=table)
+  if plots_dir and plot is not None:
+    written.update(plot(adata, plots_dir, key_added=key,
+                        time_key=kwargs.get("time_key", "diffday"), true_key=true_key))
+  elif plots_dir and adata.uns[key].get("task") == "fate":
     from cardiac_jax import viz  # pylint: disable=g-import-not-at-top
-    written.update(viz.plot_fate(adata, plots_dir, key_added=kwargs.get("key_added", "cardiac_jax"),
+    written.update(viz.plot_fate(adata, plots_dir, key_added=key,
                                  time_key=kwargs.get("time_key", "diffday")))
   elif plots_dir:
     from cardiac_jax import viz  # pylint: disable=g-import-not-at-top
     written.update(viz.plot_predictions(
-        adata, plots_dir, key_added=kwargs.get("key_added", "cardiac_jax"),
-        time_key=kwargs.get("time_key", "diffday"), true_key=true_key))
+        adata, plots_dir, key_added=key, time_key=kwargs.get("time_key", "diffday"),
+        true_key=true_key))
   return written
 
 
 def write_predictions(adata: Any, output_path: str | os.PathLike, csv_path: str | os.PathLike,
-                      *, key_added: str = "cardiac_jax") -> dict[str, pathlib.Path]:
-  """Writes the annotated h5ad and the predictions table together, atomically."""
+                      *, key_added: str = "cardiac_jax",
+                      table: Callable[..., Any] | None = None) -> dict[str, pathlib.Path]:
+  """Writes the annotated h5ad and the predictions table together, atomically
+  (``table(adata, key_added)``: the task's table, default ``predictions_table``)."""
+  table = table or predictions_table
   output_path, csv_path = pathlib.Path(output_path), pathlib.Path(csv_path)
   with contextlib.ExitStack() as stack:
     tmp_h5ad = stack.enter_context(fileio.atomic_path(output_path))
     tmp_csv = stack.enter_context(fileio.atomic_path(csv_path))
     adata.write_h5ad(tmp_h5ad)
-    predictions_table(adata, key_added).to_csv(tmp_csv, index=False)
+    table(adata, key_added).to_csv(tmp_csv, index=False)
   return {"h5ad": output_path, "csv": csv_path}

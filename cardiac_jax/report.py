@@ -17,6 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
 from sklearn import metrics as skm  # noqa: E402
 
 from cardiac_jax import fileio  # noqa: E402
@@ -84,6 +85,48 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
   }
 
 
+def auc_score(y_true: np.ndarray, probs: np.ndarray) -> float | None:
+  """ROC AUC of class probabilities: of the second class for two, else macro
+  one-vs-rest over the classes present; None when a single class is present."""
+  y_true, probs = np.asarray(y_true), np.asarray(probs, np.float64)
+  present = np.unique(y_true)
+  if present.size < 2:
+    return None
+  if probs.shape[1] == 2:
+    return _binary_auc(y_true == 1, probs[:, 1])
+  return float(np.mean([_binary_auc(y_true == c, probs[:, c]) for c in present]))
+
+
+def _binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
+  """Mann-Whitney AUC with average ranks for ties (scikit-learn's value, without its
+  overhead: the paired bootstrap calls this thousands of times)."""
+  ranks = stats.rankdata(score)
+  n_pos = int(positive.sum())
+  n_neg = positive.size - n_pos
+  return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auc_difference(y_true: np.ndarray, probs_a: np.ndarray, probs_b: np.ndarray, *,
+                   n_boot: int = 1000, seed: int = 0) -> dict[str, float | None]:
+  """AUC(a) - AUC(b) on the same units, with its paired-bootstrap standard error.
+
+  Both readings are resampled together (the same units), so what is shared
+  between them cancels: a difference of 0.02 on 1,500 clones can be resolved.
+  """
+  y_true = np.asarray(y_true)
+  a, b = auc_score(y_true, probs_a), auc_score(y_true, probs_b)
+  if a is None or b is None:
+    return {"diff": None, "se": None}
+  rng = np.random.default_rng(seed)
+  diffs = []
+  for _ in range(n_boot):
+    idx = rng.integers(0, y_true.size, y_true.size)
+    da, db = auc_score(y_true[idx], probs_a[idx]), auc_score(y_true[idx], probs_b[idx])
+    if da is not None and db is not None:
+      diffs.append(da - db)
+  return {"diff": a - b, "se": float(np.std(diffs)) if diffs else None}
+
+
 def pair_accuracy(y_true: np.ndarray, probs: np.ndarray, class_names: Sequence[str],
                   pair: Sequence[str]) -> float | None:
   """Two-class accuracy among the sequences whose true class is one of ``pair``.
@@ -113,7 +156,8 @@ def fate_pair(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def success_criteria(results: dict[str, Any],
                      monitor_cfg: ml_collections.ConfigDict) -> dict[str, dict[str, Any]]:
   """The design's pass/fail checks, each with its value and threshold."""
-  return {
+  running = results.get("train_acc_running")
+  out = {
       "test_accuracy": {
           "value": results["test_acc"], "threshold": monitor_cfg.target_test_acc,
           "rule": f"test accuracy > {monitor_cfg.target_test_acc}",
@@ -129,17 +173,19 @@ def success_criteria(results: dict[str, Any],
       "val_not_below_train": {
           "value": results["val_acc"] - results["train_acc"], "threshold": 0.0,
           "rule": "validation accuracy >= training accuracy (best epoch, eval mode)",
-          "passed": results["val_acc"] >= results["train_acc"],
-          "running": {
-              "value": results["val_acc"] - results["train_acc_running"], "threshold": 0.0,
-              "rule": "validation accuracy >= running training accuracy (best epoch's "
-                      "batches in training mode)",
-              "passed": results["val_acc"] >= results["train_acc_running"]}},
+          "passed": results["val_acc"] >= results["train_acc"]},
       "val_test_agreement": {
           "value": results["val_test_diff"], "threshold": monitor_cfg.val_test_tolerance,
           "rule": f"|val - test accuracy| <= {monitor_cfg.val_test_tolerance}",
           "passed": results["val_test_diff"] <= monitor_cfg.val_test_tolerance},
   }
+  if running is not None and np.isfinite(running):   # absent from per-member rows
+    out["val_not_below_train"]["running"] = {
+        "value": results["val_acc"] - running, "threshold": 0.0,
+        "rule": "validation accuracy >= running training accuracy (best epoch's batches in "
+                "training mode)",
+        "passed": results["val_acc"] >= running}
+  return out
 
 
 def summarise(*, config: ml_collections.ConfigDict, evals: dict[str, dict[str, Any]],
@@ -249,7 +295,6 @@ def _markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {rule} | {c['value']:.4f} | {'PASS' if c['passed'] else 'FAIL'} |")
   if results.get("members"):
     lines += _members_markdown(results["members"])
-  lines += results.get("unit_markdown", [])
   lines += ["", "## Per-class (test)", "", "| class | precision | recall | F1 | support |",
             "|---|---|---|---|---|"]
   for name, m in results["per_class"].items():
@@ -260,8 +305,10 @@ def _markdown(results: dict[str, Any]) -> str:
             "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
   for name, row in zip(names, results["confusion"]):
     lines.append(f"| **{name}** | " + " | ".join(str(v) for v in row) + " |")
+  lines += list(results.get("sections_md", ()))   # a unit task's own tables (clones, regions)
   lines += ["", "## Plots", ""]
   lines += [f"![{key}](plots/{fname})" for key, fname in PLOTS.items()]
+  lines += [f"![{key}](plots/{fname})" for key, fname in results.get("unit_plots", {}).items()]
   return "\n".join(lines) + "\n"
 
 

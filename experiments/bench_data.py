@@ -2,75 +2,15 @@
 
   python experiments/bench_data.py --config=configs/scale3.py --out=/tmp/bench_data.json
 
-Builds from the configured source with the cache disabled (so every stage runs),
-then times writing the result as the cache would. Peak RSS is the process's
-ru_maxrss after each stage (a running maximum, not the stage's own use).
+The study lives in cardiac_jax/studies/bench_data.py (also runnable as
+``python -m cardiac_jax.studies.bench_data``).
 """
-from __future__ import annotations
-
-import json
-import os
-import pathlib
-import platform
-import resource
-import sys
-import tempfile
-import time
-
 from absl import app
 from absl import flags
-from absl import logging
-from ml_collections import config_flags
 
-from cardiac_jax.data import dataset as dataset_lib
-
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/scale3.py", "Config file.")
-_OUT = flags.DEFINE_string("out", "", "Write the stage table as JSON here.")
-
-
-def _peak_rss_mb() -> float:
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
-
-
-def main(argv):
-  del argv
-  config = _CONFIG.value
-  timings: dict = {}
-  start = time.perf_counter()
-  ds = dataset_lib.build_dataset(config.data, cache=False, timings=timings)
-  with tempfile.TemporaryDirectory() as tmp:
-    t0 = time.perf_counter()
-    path = ds.save(pathlib.Path(tmp) / "bench.npz")
-    size_mb = path.stat().st_size / 2**20
-    timings["save"] = {"seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_rss_mb()}
-  total = time.perf_counter() - start
-
-  rows = [(name, v["seconds"], v["peak_rss_mb"]) for name, v in timings.items()]
-  print(f"\n{config.name}: {len(ds)} sequences x {ds.length} steps x {ds.num_features} "
-        f"features from {ds.meta['n_cells']} cells and {ds.meta['n_spots']} spots")
-  print(f"{'stage':<18}{'seconds':>10}{'peak RSS MB':>14}")
-  for name, sec, rss in rows:
-    print(f"{name:<18}{sec:>10.2f}{rss:>14.0f}")
-  print(f"{'total':<18}{total:>10.2f}{_peak_rss_mb():>14.0f}")
-  print(f"dataset file {size_mb:.0f} MB; {os.cpu_count()} CPUs")
-  result = {
-      "config": config.name,
-      "n_sequences": len(ds),
-      "shape": list(ds.x.shape),
-      "n_cells": ds.meta["n_cells"],
-      "n_spots": ds.meta["n_spots"],
-      "stages": timings,
-      "total_seconds": total,
-      "peak_rss_mb": _peak_rss_mb(),
-      "file_mb": size_mb,
-      "cpus": os.cpu_count(),
-      "machine": platform.platform(),
-  }
-  if _OUT.value:
-    pathlib.Path(_OUT.value).write_text(json.dumps(result, indent=2))
-    logging.info("wrote %s", _OUT.value)
-
+from cardiac_jax.studies import bench_data
 
 if __name__ == "__main__":
-  app.run(main)
+  bench_data.define_flags()
+  flags.adopt_module_key_flags(bench_data)   # --helpshort lists the study's flags
+  app.run(bench_data.main)

@@ -1,5 +1,4 @@
 """The simulator's label ceiling (simulator.label_ceiling) and experiments/ceiling.py."""
-import importlib.util
 import json
 import os
 
@@ -9,12 +8,7 @@ from sklearn import ensemble
 
 from cardiac_jax import config_lib
 from cardiac_jax.data import simulator
-
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     "experiments", "ceiling.py")
-_spec = importlib.util.spec_from_file_location("ceiling", _PATH)
-ceiling = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ceiling)
+from cardiac_jax.studies import ceiling
 
 POPULATIONS = config_lib.POPULATIONS
 

@@ -13,8 +13,11 @@ import pytest
 
 from cardiac_jax import baselines
 from cardiac_jax import config_lib
-from cardiac_jax import experiments
 from cardiac_jax.data.dataset import SequenceDataset
+from cardiac_jax.studies import ablations
+from cardiac_jax.studies import early_fate
+from cardiac_jax.studies import multiscale
+from cardiac_jax.studies import runs
 
 
 
@@ -42,13 +45,13 @@ def _mtimes(workdir):
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory):
   root = tmp_path_factory.mktemp("studies")
-  ms = experiments.run_multiscale({s: quick_one_epoch(s) for s in ("scale1", "scale2")}, (0,),
-                                  workdir_root=str(root / "ms"))
+  ms = multiscale.run_multiscale({s: quick_one_epoch(s) for s in ("scale1", "scale2")}, (0,),
+                                 workdir_root=str(root / "ms"))
   ref = os.path.join(root, "ms", "scale1_seed0")
-  abl = experiments.run_ablations(quick_one_epoch("scale1"), str(root / "abl"),
-                                  reference_workdir=ref, order_blind=False)
-  ef = experiments.run_early_fate(quick_one_epoch("scale1"), str(root / "ef"), (1.0, 0.5),
-                                  reference_workdir=ref)
+  abl = ablations.run_ablations(quick_one_epoch("scale1"), str(root / "abl"),
+                                reference_workdir=ref, order_blind=False)
+  ef = early_fate.run_early_fate(quick_one_epoch("scale1"), str(root / "ef"), (1.0, 0.5),
+                                 reference_workdir=ref)
   return root, ms, abl, ef
 
 
@@ -85,21 +88,21 @@ def test_multiscale_files_and_best_scale_on_val(studies):
 def test_multiscale_rerun_reuses_finished_runs(studies):
   root, ms, _, _ = studies
   before = _mtimes(root / "ms" / "scale1_seed0")
-  again = experiments.run_multiscale({"scale1": quick_one_epoch("scale1")}, (0,),
-                                     workdir_root=str(root / "ms"))
+  again = multiscale.run_multiscale({"scale1": quick_one_epoch("scale1")}, (0,),
+                                    workdir_root=str(root / "ms"))
   assert _mtimes(root / "ms" / "scale1_seed0") == before   # nothing retrained or rewritten
   assert again["runs"][0]["test_acc"] == ms["runs"][0]["test_acc"]
   # The single-scale rerun rewrote the study files: restore the two-scale version.
-  experiments.run_multiscale({s: quick_one_epoch(s) for s in ("scale1", "scale2")}, (0,),
-                             workdir_root=str(root / "ms"))
+  multiscale.run_multiscale({s: quick_one_epoch(s) for s in ("scale1", "scale2")}, (0,),
+                            workdir_root=str(root / "ms"))
 
 
 def test_best_scale_ties_go_to_the_smaller_scale_whatever_the_order():
   tied = {"scale3": {"val_acc": 0.8}, "scale1": {"val_acc": 0.8}, "scale2": {"val_acc": 0.7}}
-  assert experiments.best_scale(tied) == "scale1"
-  assert experiments.best_scale(dict(reversed(list(tied.items())))) == "scale1"
-  assert experiments.best_scale({"scale2": {"val_acc": 0.6},
-                                 "scale1": {"val_acc": 0.5}}) == "scale2"
+  assert multiscale.best_scale(tied) == "scale1"
+  assert multiscale.best_scale(dict(reversed(list(tied.items())))) == "scale1"
+  assert multiscale.best_scale({"scale2": {"val_acc": 0.6},
+                               "scale1": {"val_acc": 0.5}}) == "scale2"
 
 
 # ---------------------------------------------------------------- ablations
@@ -122,8 +125,8 @@ def test_ablations_table_and_verdict_follow_the_numbers(studies):
   cfg = json.loads((root / "abl" / "model_time_shuffled" / "config.json").read_text())
   assert cfg["config"]["data"]["sequences"]["time_shuffle"] is True
   v = on_disk["verdict"]
-  pooled = {k: abl["baselines"][k] for k in experiments.POOLED}
-  assert v["best_pooled"] == max(experiments.POOLED, key=lambda k: pooled[k]["val_acc"])
+  pooled = {k: abl["baselines"][k] for k in ablations.POOLED}
+  assert v["best_pooled"] == max(ablations.POOLED, key=lambda k: pooled[k]["val_acc"])
   assert v["margin_vs_pooled"] == pytest.approx(
       abl["model"]["test_acc"] - pooled[v["best_pooled"]]["test_acc"])
   assert v["shuffle_drop"] == pytest.approx(
@@ -148,8 +151,8 @@ def test_ablations_order_blind_run_gets_shuffled_data_without_day(studies, monke
             "epochs_run": 1, "best_epoch": 1, "wall_seconds": 0.0, "num_test": int(test.sum()),
             "confusion": conf.tolist(), "class_names": list(dataset.class_names)}
 
-  monkeypatch.setattr(experiments, "train_or_reuse", fake_train)
-  out = experiments.run_ablations(quick_one_epoch("scale1"), str(root / "abl_fake"))
+  monkeypatch.setattr(runs, "train_or_reuse", fake_train)
+  out = ablations.run_ablations(quick_one_epoch("scale1"), str(root / "abl_fake"))
   (c0, w0, d0), (c1, w1, d1), (c2, w2, d2) = calls
   assert not c0.data.sequences.time_shuffle and c1.data.sequences.time_shuffle
   assert c2.data.sequences.time_shuffle and len({w0, w1, w2}) == 3
@@ -173,16 +176,16 @@ def test_ablation_verdict_logic():
           "logreg_mean": {"val_acc": 0.7, "test_acc": 0.6},
           "hgb_summary": {"val_acc": 0.65, "test_acc": 0.7},
           "knn_mean": {"val_acc": 0.5, "test_acc": 0.5}}
-  good = experiments.ablation_verdict({"test_acc": 0.9}, {"test_acc": 0.88}, base, 1000,
-                                      {"test_acc": 0.6})
+  good = ablations.ablation_verdict({"test_acc": 0.9}, {"test_acc": 0.88}, base, 1000,
+                                    {"test_acc": 0.6})
   assert good["best_pooled"] == "logreg_mean"          # chosen on val, not on test
   assert good["beats_pooled"] and good["beats_last_step"]
   assert not good["shuffle_hurts"] and good["order_blind_hurts"]
   assert good["uses_temporal_information"]
   assert "does not clearly hurt" in good["text"] and "beats" in good["text"]
-  tied = experiments.ablation_verdict({"test_acc": 0.61}, {"test_acc": 0.61}, base, 100)
+  tied = ablations.ablation_verdict({"test_acc": 0.61}, {"test_acc": 0.61}, base, 100)
   assert not tied["beats_pooled"] and not tied["uses_temporal_information"]
-  worse = experiments.ablation_verdict({"test_acc": 0.3}, {"test_acc": 0.3}, base, 1000)
+  worse = ablations.ablation_verdict({"test_acc": 0.3}, {"test_acc": 0.3}, base, 1000)
   assert "is clearly worse than" in worse["text"]
 
 
@@ -194,7 +197,7 @@ def test_drop_day_feature_zeroes_only_the_day_and_changes_the_key():
       mask=np.ones((4, 5), np.float32), split=np.array([0, 1, 2, 0], np.int8),
       modality=np.zeros(4, np.int8), source_index=np.zeros((4, 5), np.int64),
       class_names=("a",), meta={"n_pcs": n_pcs, "cache_key": "k"})
-  out = experiments.drop_day_feature(ds)
+  out = ablations.drop_day_feature(ds)
   assert np.all(out.x[..., n_pcs] == 0)
   np.testing.assert_array_equal(np.delete(out.x, n_pcs, -1), np.delete(ds.x, n_pcs, -1))
   assert out.meta["cache_key"] != ds.meta["cache_key"]
@@ -234,13 +237,13 @@ def test_early_fate_curve(studies):
 @pytest.mark.parametrize("fractions", [(0.0, 1.0), (0.5, 1.5), ()])
 def test_early_fate_rejects_bad_fractions(tmp_path, fractions):
   with pytest.raises(ValueError, match="fractions"):
-    experiments.run_early_fate(config_lib.preset("debug", "quick"), str(tmp_path), fractions)
+    early_fate.run_early_fate(config_lib.preset("debug", "quick"), str(tmp_path), fractions)
 
 
 def test_multiscale_trains_consecutive_seeds_as_members_of_one_run(tmp_path):
   """--seeds=0,1: one compiled run of two members per scale, one table row per seed."""
-  ms = experiments.run_multiscale({"scale1": quick_one_epoch("scale1")}, (0, 1),
-                                  workdir_root=str(tmp_path))
+  ms = multiscale.run_multiscale({"scale1": quick_one_epoch("scale1")}, (0, 1),
+                                 workdir_root=str(tmp_path))
   assert sorted(os.listdir(tmp_path)) == ["multiscale.json", "multiscale.md", "multiscale.png",
                                           "scale1_seeds0-1"]
   report = json.loads((tmp_path / "scale1_seeds0-1" / "report.json").read_text())
@@ -253,6 +256,6 @@ def test_multiscale_trains_consecutive_seeds_as_members_of_one_run(tmp_path):
 
 
 def test_only_consecutive_seeds_are_members_of_one_run():
-  assert experiments.consecutive([0, 1, 2]) and experiments.consecutive([5, 6])
-  assert not experiments.consecutive([0]) and not experiments.consecutive([0, 2])
-  assert not experiments.consecutive([2, 1])
+  assert runs.consecutive([0, 1, 2]) and runs.consecutive([5, 6])
+  assert not runs.consecutive([0]) and not runs.consecutive([0, 2])
+  assert not runs.consecutive([2, 1])

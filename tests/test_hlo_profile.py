@@ -1,16 +1,11 @@
-"""experiments/hlo_profile.py: thunk own times, dot FLOPs through fusions."""
-import importlib.util
-import os
+"""cardiac_jax/studies/hlo_profile.py: thunk own times, dot FLOPs through fusions."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "experiments", "hlo_profile.py")
-_spec = importlib.util.spec_from_file_location("hlo_profile", _PATH)
-hp = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(hp)
+from cardiac_jax.studies import hlo_profile as hp
 
 
 def test_self_times_subtract_nested_children_per_thread():

@@ -305,12 +305,7 @@ def test_no_donor_column_is_quiet_and_grouping_still_needs_one(adata, data_cfg, 
 def test_external_testbed_writes_a_file_ingest_accepts(tmp_path, data_cfg):
   """experiments/external_testbed.py (needs the optional `external` extra)."""
   pytest.importorskip("markovmodus")
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import pathlib  # pylint: disable=g-import-not-at-top
-  script = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "external_testbed.py"
-  spec = importlib.util.spec_from_file_location("external_testbed", script)
-  testbed = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(testbed)
+  from cardiac_jax.studies import external_testbed as testbed  # pylint: disable=g-import-not-at-top
   tree = testbed.TREES["a"]
   adata = testbed.simulate_time_course(tree, 120, seed=3, time_points=(1, 4, 10), n_genes=200)
   path = testbed.write_h5ad(adata, tmp_path / "ext.h5ad")

@@ -1,16 +1,11 @@
 """experiments/seed_benchmark.py: model vs baselines over seeds on one data set's splits."""
-import importlib.util
 import json
 import os
 
 import pytest
 
 from cardiac_jax import config_lib
-
-_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "seed_benchmark.py")
-_spec = importlib.util.spec_from_file_location("seed_benchmark", _PATH)
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+from cardiac_jax.studies import seed_benchmark as bench
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,7 @@
 """experiments/stack_check.py: the sequence branch weighted on validation over a baseline."""
-import importlib.util
-import os
-
 import numpy as np
 
-_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                     "experiments", "stack_check.py")
-_spec = importlib.util.spec_from_file_location("stack_check", _PATH)
-stack = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(stack)
+from cardiac_jax.studies import stack_check as stack
 
 
 def _logits(y, n_classes, strength, rng):

@@ -24,6 +24,7 @@ import numpy as np
 
 from cardiac_jax import fileio
 from cardiac_jax import progress as progress_lib
+from cardiac_jax.data import clonal
 from cardiac_jax.data import fate
 from cardiac_jax.data import regions
 from cardiac_jax.data import sequences
@@ -35,7 +36,8 @@ from cardiac_jax.data.errors import DataError
 # config.data.task -> its builder: a module with ``CODE_VERSION`` (part of the
 # cache key), ``stages(data_cfg)`` (the progress bar's steps) and
 # ``build(data_cfg, stage, preprocessor_path, key)`` -> the SequenceDataset's fields.
-BUILDERS: dict[str, types.ModuleType] = {"snapshot": snapshot, "fate": fate, "regions": regions}
+BUILDERS: dict[str, types.ModuleType] = {"snapshot": snapshot, "fate": fate, "clonal": clonal,
+                                         "regions": regions}
 
 # config.data fields that do not change the cached arrays (applied after the cache).
 _NOT_IN_KEY = ("cache_dir", "fate_classes", "sequences.observed_fraction",

@@ -40,8 +40,12 @@ def load_cells(data_cfg: Any, backed: bool = False) -> "anndata.AnnData":
   (the caller closes ``adata.file``); simulated data is always in memory.
   """
   def simulate():
-    from cardiac_jax.data import simulator  # pylint: disable=g-import-not-at-top
     s = data_cfg.simulator
+    if data_cfg.get("task") == "clonal":   # a barcoded time course of the same lineage
+      from cardiac_jax.data import clonal_simulator  # pylint: disable=g-import-not-at-top
+      return clonal_simulator.simulate_clones(n_cells=s.n_cells, n_genes=s.n_genes,
+                                              n_donors=s.n_donors, seed=s.seed)
+    from cardiac_jax.data import simulator  # pylint: disable=g-import-not-at-top
     return simulator.simulate_cells(n_cells=s.n_cells, n_genes=s.n_genes,
                                     n_donors=s.n_donors, seed=s.seed)
   return _load_anndata(data_cfg.source, data_cfg.path, simulate, "data",
@@ -61,23 +65,15 @@ def load_spots(data_cfg: Any) -> "anndata.AnnData":
                        "set it, or set config.data.spatial.enabled = False.")
 
 
-def embedded_cells(data_cfg: Any, stage: stages_lib.Stages | None = None
-                   ) -> tuple[Any, np.ndarray,
-                                                                         Any, np.ndarray]:
-  """Loads, prepares and splits the cells, then embeds them with a TRAIN-fitted preprocessor.
+def prepared_cells(data_cfg: Any, stage: stages_lib.Stages, read: Callable[[Any], Any] | None = None
+                   ) -> tuple[Any, Any]:
+  """Loads and prepares the configured cells (``ingest.prepare_cells``).
 
-  The one prologue of every cell-sequence builder (``snapshot``, ``fate``, ...),
-  so they all split before any walk and fit the preprocessing on training cells.
-
-  Returns:
-    (cells, cell_split (n,) int8, the fitted Preprocessor, pcs (n, n_pcs) float32).
+  ``read(adata)``, when given, reads what else a builder needs from the AnnData
+  (e.g. the clone of each cell) while it is open; its value is returned beside the
+  cells (None without it).
   """
   from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
-  from cardiac_jax.data import preprocess  # pylint: disable=g-import-not-at-top
-
-  stage = stage or stages_lib.Stages()
-  split_cfg = data_cfg.split
-  fractions = tuple(split_cfg.fractions)
   with stage("simulate" if data_cfg.source == "simulator" else "load"):
     # X stays on disk: prepare reads it once, in chunks, into its float32 copy, so the
     # file's integer matrix is never held as well (half the peak at full size).
@@ -85,14 +81,41 @@ def embedded_cells(data_cfg: Any, stage: stages_lib.Stages | None = None
   with stage("prepare"):
     try:
       cells = ingest.prepare_cells(adata, data_cfg)
+      extra = None if read is None else read(adata)
     finally:
       if adata.isbacked:
         adata.file.close()
     del adata
-  class_names = tuple(cells.class_names)
   logging.info("build_dataset: %d cells x %d genes, %d days, classes %s", cells.counts.shape[0],
-               cells.counts.shape[1], len(cells.time_labels), class_names)
+               cells.counts.shape[1], len(cells.time_labels), tuple(cells.class_names))
+  return cells, extra
 
+
+def embed_cells(cells: Any, fit_rows: np.ndarray, data_cfg: Any,
+                stage: stages_lib.Stages) -> tuple[Any, np.ndarray]:
+  """The preprocessor fitted on ``fit_rows`` only (training data), and every cell's PCs."""
+  from cardiac_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+  with stage("preprocess_fit"):
+    pp = preprocess.fit_preprocessor(cells.counts, cells.gene_names, fit_rows,
+                                     data_cfg.preprocess)
+  with stage("transform"):
+    pcs = np.asarray(pp.transform(cells.counts, cells.gene_names), dtype=np.float32)
+  return pp, pcs
+
+
+def embedded_cells(data_cfg: Any, stage: stages_lib.Stages | None = None
+                   ) -> tuple[Any, np.ndarray, Any, np.ndarray]:
+  """Loads, prepares and splits the cells, then embeds them with a TRAIN-fitted preprocessor.
+
+  The one prologue of the builders whose unit is the cell (``snapshot``, ``fate``),
+  so they split before any walk and fit the preprocessing on training cells.
+
+  Returns:
+    (cells, cell_split (n,) int8, the fitted Preprocessor, pcs (n, n_pcs) float32).
+  """
+  stage = stage or stages_lib.Stages()
+  split_cfg = data_cfg.split
+  cells, _ = prepared_cells(data_cfg, stage)
   with stage("split"):
     groups = None
     if split_cfg.group_by_donor:
@@ -100,12 +123,7 @@ def embedded_cells(data_cfg: Any, stage: stages_lib.Stages | None = None
         raise DataError("config.data.split.group_by_donor is set but the cells have no donor "
                         "column; set config.data.donor_key or turn group_by_donor off.")
       groups = cells.donors
-    cell_split = splits.split_cells(cells.labels, fractions, split_cfg.seed, groups)
-
-  with stage("preprocess_fit"):
-    train_rows = np.flatnonzero(cell_split == 0)
-    pp = preprocess.fit_preprocessor(cells.counts, cells.gene_names, train_rows,
-                                     data_cfg.preprocess)
-  with stage("transform"):
-    pcs = np.asarray(pp.transform(cells.counts, cells.gene_names), dtype=np.float32)
+    cell_split = splits.split_cells(cells.labels, tuple(split_cfg.fractions), split_cfg.seed,
+                                    groups)
+  pp, pcs = embed_cells(cells, np.flatnonzero(cell_split == 0), data_cfg, stage)
   return cells, cell_split, pp, pcs

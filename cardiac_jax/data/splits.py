@@ -347,3 +347,54 @@ def counts_table(y: np.ndarray, split: np.ndarray, class_names: Sequence[str]) -
   """Sequences per split x class, the meta's "counts" (every builder's, fate's too)."""
   return {name: {c: int(np.sum((split == s) & (y == i))) for i, c in enumerate(class_names)}
           for s, name in enumerate(SPLITS)}
+
+
+# Slices of the rotated split (``rotation_split``): fractions are taken in twentieths.
+ROTATION_SLICES = 20
+
+
+def rotations(fractions: Sequence[float]) -> int:
+  """How many rotations of ``rotation_split`` test every unit exactly once."""
+  f = _check_fractions(fractions)
+  n_test = int(round(f[2] * ROTATION_SLICES))
+  if n_test < 1 or ROTATION_SLICES % n_test:
+    raise DataError(f"a rotated split needs a test fraction that divides 1 in twentieths "
+                    f"(0.05, 0.1, 0.2, 0.25, 0.5), got {f[2]}; fix config.data.split.fractions.")
+  return ROTATION_SLICES // n_test
+
+
+def rotation_split(labels: np.ndarray, fractions: Sequence[float], seed: int,
+                   rotation: int) -> np.ndarray:
+  """Train / val / test per unit (a clone), stratified by label, as rotation ``rotation``.
+
+  Units are dealt to ``ROTATION_SLICES`` stratified slices (a function of the
+  labels and ``seed`` only); rotation r tests slices [r * t, (r + 1) * t), validates
+  the next ``fractions[1]`` of them and trains on the rest, so over
+  ``rotations(fractions)`` rotations every unit is tested exactly once: small
+  test sets (150 clones) then add up to one test of every clone.
+
+  Returns:
+    (n,) int8 split index into ``SPLITS``.
+  """
+  labels = _check_labels(labels)
+  f = _check_fractions(fractions)
+  k = rotations(fractions)
+  if not 0 <= int(rotation) < k:
+    raise DataError(f"rotation {rotation} is out of range: split fractions {tuple(fractions)} "
+                    f"give {k} rotations (0..{k - 1}); fix config.data.clonal.rotation.")
+  n_test = ROTATION_SLICES // k
+  n_val = max(1, int(round(f[1] * ROTATION_SLICES)))
+  if n_test + n_val >= ROTATION_SLICES:
+    raise DataError(f"split fractions {tuple(fractions)} leave no training slice; fix "
+                    "config.data.split.fractions.")
+  # Dealt round-robin within each class from a random start: every slice holds each
+  # class's count / ROTATION_SLICES, up to one unit.
+  rng = np.random.default_rng(seed)
+  classes, inv = np.unique(labels, return_inverse=True)
+  order = np.lexsort((rng.random(labels.size), inv))
+  starts = np.concatenate([[0], np.cumsum(np.bincount(inv))[:-1]])
+  rank = np.empty(labels.size, np.int64)
+  rank[order] = np.arange(labels.size) - starts[inv[order]]
+  slices = (rank + rng.integers(0, ROTATION_SLICES, classes.size)[inv]) % ROTATION_SLICES
+  offset = (slices - int(rotation) * n_test) % ROTATION_SLICES
+  return np.where(offset < n_test, 2, np.where(offset < n_test + n_val, 1, 0)).astype(np.int8)

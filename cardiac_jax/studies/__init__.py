@@ -1,0 +1,1 @@
+"""Studies: the model against baselines, ablations, benchmarks (front doors in experiments/)."""

@@ -1,0 +1,587 @@
+"""Fate probabilities of held-out pre-branch cells: cardiac_jax against its peers.
+
+  python experiments/fate_benchmark.py --seeds=0,1,2 --workdir=runs/fate_bench \
+      --out=docs/results/fate                          # simulator, 3 seeds, CellRank if installed
+  python experiments/fate_benchmark.py --config=configs/fate.py:quick --seeds=0 \
+      --methods=cardiac_jax,logreg,priming             # the tests' quick mode (seconds)
+
+Per seed (simulator seed, split, walks and training all take it), on the
+simulation's cells without UNK, every method gives P(CM) to the pre-branch
+cells, and they are scored on the TEST-split cells only, against the truth
+(``obs["fate_bias"] > 0``): ROC AUC and accuracy (P(CM) > 0.5), for PROG (the
+headline), for all pre-branch cells, and per day (PROG). Methods:
+
+- ``cardiac_jax``: ``python -m cardiac_jax.main --config=configs/fate.py``'s
+  model (trained on training-split cells only), then ``cardiac_jax.predict``
+  over all the cells (walks among them; the exported preprocessor).
+- ``logreg``: the honest per-cell baseline: logistic regression on the same
+  training sequences' last cell (PCA + day, the model's own features) and
+  labels, C chosen on the validation sequences (``baselines.LOGREG_C``).
+- ``priming``: the simulator's priming genes (``simulator.PRIMING``; CM genes'
+  mean log1p expression minus CF genes'), made a probability by a 1-D logistic
+  regression on the same training labels. Oracle-ish: it knows which genes carry
+  the fate. Simulator only.
+- ``cellrank_pt`` / ``cellrank_ck``: CellRank 2 (``pip install -e ".[peers]"``)
+  on all the cells: scanpy ``normalize_total(1e4)``, ``log1p``,
+  ``highly_variable_genes(n_top_genes=2000)``, ``pca(50)``,
+  ``neighbors(n_neighbors=30, n_pcs=50)``; ``PseudotimeKernel(adata,
+  time_key="dpt_pseudotime").compute_transition_matrix()`` (defaults: hard
+  threshold, frac_to_keep 0.3) or ``ConnectivityKernel(adata)
+  .compute_transition_matrix()``; ``GPCCA(kernel)``, ``set_terminal_states({"CM":
+  CM cells, "CF": CF cells})``, ``compute_fate_probabilities()``, P(CM) =
+  ``fate_probabilities["CM"]`` (``obsm["lineages_fwd"]``). Unsupervised: it
+  uses no training labels, only which cells are CM and CF.
+
+Each method runs in its own process (``python -m cardiac_jax.studies.fate_benchmark
+--stage=...``), so its wall time and peak RSS (``resources.run_measured``) are its
+own. On an h5ad without ``fate_bias`` (real data, e.g. GSE175634 with
+``--config.data.source=h5ad --config.data.path=...``) the report gives the methods'
+agreement instead (Spearman correlation of P(CM), and
+the fraction of cells called the same way), on the same held-out cells.
+Writes <out>.md, <out>.json and <out>.png.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+from absl import logging
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from cardiac_jax import fileio
+from cardiac_jax import resources
+from cardiac_jax.studies import common
+
+FLAGS = flags.FLAGS
+# At 230,786 cells the PseudotimeKernel's gmres solve at CellRank's default
+# tolerance returned 3 negative probabilities and CellRank refused them.
+CELLRANK_RETRY_TOL = 1e-9
+METHODS = ("cardiac_jax", "logreg", "priming", "cellrank_pt", "cellrank_ck")
+CELLRANK = ("cellrank_pt", "cellrank_ck")
+LABELS = {"cardiac_jax": "cardiac_jax fate model (walks)",
+          "logreg": "per-cell logistic regression, same training labels",
+          "priming": "priming-gene score (oracle-ish: knows the fate genes)",
+          "cellrank_pt": "CellRank 2 PseudotimeKernel (dpt_pseudotime)",
+          "cellrank_ck": "CellRank 2 ConnectivityKernel"}
+HEADLINE = "PROG"
+
+
+# ---------------------------------------------------------------- per-seed config
+
+
+def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+  """The config of one seed: simulator, split, walks and training all take it."""
+  from cardiac_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.with_data_seed(config, seed)
+  config.seed = seed
+  config.name = f"{config.name}_seed{seed}"
+  return config
+
+
+def _paths(workdir: str, seed: int) -> dict[str, pathlib.Path]:
+  root = pathlib.Path(workdir) / f"seed{seed}"
+  return {"root": root, "cells": root / "cells.h5ad", "split": root / "split.npz",
+          "run": root / "run", "probs": root / "p_cm"}
+
+
+# ---------------------------------------------------------------- stages (one process each)
+
+
+def _prepare(config: ml_collections.ConfigDict, paths: dict[str, pathlib.Path]) -> None:
+  """The query cells (the prepared cells' rows, UNK dropped) and their split."""
+  from cardiac_jax.data import fate  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.data import sources  # pylint: disable=g-import-not-at-top
+  paths["root"].mkdir(parents=True, exist_ok=True)
+  names, split = fate.cell_split_of(config.data)
+  adata = sources.load_cells(config.data)
+  adata = adata[names].copy()
+  adata.write_h5ad(paths["cells"])
+  np.savez(paths["split"], obs_names=names, split=split)
+
+
+def _training_cells(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The fate dataset's last cells and labels per split (the labels every method learns)."""
+  from cardiac_jax.data import dataset  # pylint: disable=g-import-not-at-top
+  ds = dataset.build_dataset(config.data, progress=False)
+  n_pcs = int(ds.meta["n_pcs"])
+  return {"x": ds.x[:, -1, :n_pcs + 1], "y": ds.y, "split": ds.split,
+          "rows": ds.source_index[:, -1], "class_names": ds.class_names}
+
+
+def _fit_logreg(x: np.ndarray, y: np.ndarray, split: np.ndarray, seed: int) -> Any:
+  """Standardised logistic regression; C by validation accuracy (the baselines' grid)."""
+  import threadpoolctl  # pylint: disable=g-import-not-at-top
+  from sklearn import linear_model  # pylint: disable=g-import-not-at-top
+  from sklearn import pipeline  # pylint: disable=g-import-not-at-top
+  from sklearn import preprocessing  # pylint: disable=g-import-not-at-top
+  from cardiac_jax import baselines  # pylint: disable=g-import-not-at-top
+  best, best_acc = None, -1.0
+  with threadpoolctl.threadpool_limits(baselines.MAX_THREADS):
+    for c in baselines.LOGREG_C:
+      clf = pipeline.make_pipeline(
+          preprocessing.StandardScaler(),
+          linear_model.LogisticRegression(C=c, max_iter=2000, random_state=seed))
+      clf.fit(x[split == 0], y[split == 0])
+      acc = float(np.mean(clf.predict(x[split == 1]) == y[split == 1]))
+      if acc > best_acc:
+        best, best_acc = clf, acc
+  return best
+
+
+def _cm_column(clf: Any, class_names: Sequence[str], x: np.ndarray) -> np.ndarray:
+  proba = clf.predict_proba(x)
+  return proba[:, list(clf.classes_).index(list(class_names).index("CM"))]
+
+
+def _priming_score(adata: Any) -> np.ndarray | None:
+  """Mean log1p(CP10k) of the CM-priming genes minus the CF-priming genes' (None: absent)."""
+  import scipy.sparse as sp  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.data import simulator  # pylint: disable=g-import-not-at-top
+  genes = [g for g in simulator.PRIMING if g in set(adata.var_names)]
+  if len(genes) < len(simulator.PRIMING):
+    return None
+  x = adata.X
+  lib = np.asarray(x.sum(axis=1)).ravel()
+  sub = x[:, [adata.var_names.get_loc(g) for g in genes]]
+  sub = sub.toarray() if sp.issparse(sub) else np.asarray(sub)
+  expr = np.log1p(sub / np.maximum(lib, 1)[:, None] * 1e4)
+  sign = np.asarray([simulator.PRIMING[g] for g in genes])
+  return expr[:, sign > 0].mean(axis=1) - expr[:, sign < 0].mean(axis=1)
+
+
+def _neighbors(adata: Any, n_neighbors: int, n_pcs: int) -> None:
+  """``sc.pp.neighbors`` as by default, with pynndescent's graph handed over as csr_matrix.
+
+  From 8,192 cells scanpy 1.11.5 uses pynndescent, whose csr_array lacks the
+  ``getnnz`` scanpy calls under scipy 1.16 (AttributeError); the same
+  transformer, with scanpy's default trees and iterations, returning csr_matrix.
+  """
+  import pynndescent  # pylint: disable=g-import-not-at-top
+  import scanpy as sc  # pylint: disable=g-import-not-at-top
+  import scipy.sparse as sp  # pylint: disable=g-import-not-at-top
+
+  class CsrTransformer(pynndescent.PyNNDescentTransformer):
+
+    def fit_transform(self, X, y=None, **kwargs):  # pylint: disable=invalid-name
+      return sp.csr_matrix(super().fit_transform(X, y, **kwargs))
+
+    def transform(self, X, y=None):  # pylint: disable=invalid-name
+      return sp.csr_matrix(super().transform(X, y))
+
+  n = adata.n_obs
+  if n < 8192:        # scanpy's exact (sklearn) path, which works as it is
+    sc.pp.neighbors(adata, n_neighbors=n_neighbors, n_pcs=n_pcs)
+    return
+  transformer = CsrTransformer(n_neighbors=n_neighbors, metric="euclidean",
+                               n_trees=min(64, 5 + round(n ** 0.5 / 20.0)),
+                               n_iters=max(5, round(np.log2(n))))
+  sc.pp.neighbors(adata, n_pcs=n_pcs, transformer=transformer)
+
+
+def _cellrank(adata: Any, kernel_name: str, population_key: str) -> np.ndarray:
+  """P(CM) of every cell from CellRank 2 (the calls of the module docstring)."""
+  import cellrank as cr  # pylint: disable=g-import-not-at-top
+  import scanpy as sc  # pylint: disable=g-import-not-at-top
+  sc.pp.normalize_total(adata, target_sum=1e4)
+  sc.pp.log1p(adata)
+  sc.pp.highly_variable_genes(adata, n_top_genes=2000)
+  sc.pp.pca(adata, n_comps=50, mask_var="highly_variable")
+  _neighbors(adata, n_neighbors=30, n_pcs=50)
+  if kernel_name == "cellrank_pt":
+    kernel = cr.kernels.PseudotimeKernel(adata, time_key="dpt_pseudotime")
+  else:
+    kernel = cr.kernels.ConnectivityKernel(adata)
+  kernel.compute_transition_matrix(show_progress_bar=False) if kernel_name == "cellrank_pt" \
+      else kernel.compute_transition_matrix()
+  estimator = cr.estimators.GPCCA(kernel)
+  pops = adata.obs[population_key].astype(str).to_numpy()
+  names = np.asarray(adata.obs_names)
+  estimator.set_terminal_states({"CM": list(names[pops == "CM"]),
+                                 "CF": list(names[pops == "CF"])})
+  try:
+    estimator.compute_fate_probabilities(show_progress_bar=False)
+  except ValueError as e:   # gmres at its default tol (1e-6) can leave tiny negatives
+    if "negative" not in str(e):
+      raise
+    logging.warning("CellRank: %s; retrying with tol=%g", e, CELLRANK_RETRY_TOL)
+    estimator.compute_fate_probabilities(show_progress_bar=False, tol=CELLRANK_RETRY_TOL)
+  lineage = estimator.fate_probabilities
+  return np.asarray(lineage[["CM"]].X).ravel().astype(np.float32)
+
+
+def run_stage(config: ml_collections.ConfigDict, stage: str, seed: int, workdir: str,
+              n_walks: int) -> None:
+  """One method (or ``prepare``) of one seed; P(CM) per query cell into ``p_cm/<stage>.npy``."""
+  import anndata as ad  # pylint: disable=g-import-not-at-top
+  from cardiac_jax import export  # pylint: disable=g-import-not-at-top
+  from cardiac_jax import prediction  # pylint: disable=g-import-not-at-top
+  from cardiac_jax import train  # pylint: disable=g-import-not-at-top
+  config = seed_config(config, seed)
+  paths = _paths(workdir, seed)
+  if stage == "prepare":
+    _prepare(config, paths)
+    return
+  adata = ad.read_h5ad(paths["cells"])
+  pop_key = config.data.population_key
+  timings = {}
+  if stage == "cardiac_jax":
+    t0 = time.perf_counter()
+    train.train_and_evaluate(config, str(paths["run"]))
+    timings["train_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model = export.load_model(paths["run"] / "model")
+    prediction.predict(adata, model, time_key=config.data.time_key, n_walks=n_walks,
+                       seed=seed, progress=False)
+    timings["predict_s"] = time.perf_counter() - t0
+    p = np.asarray(adata.obs["cardiac_jax_p_CM"], np.float32)
+  elif stage in ("logreg", "priming"):
+    t0 = time.perf_counter()
+    cells = _training_cells(config)
+    timings["labels_s"] = time.perf_counter() - t0
+    if stage == "logreg":
+      from cardiac_jax.data import sequences  # pylint: disable=g-import-not-at-top
+      from cardiac_jax.data import sources  # pylint: disable=g-import-not-at-top
+      # The build's own embedding of the query cells (same rows, train-fitted PCA).
+      prepared, _, _, pcs = sources.embedded_cells(config.data)
+      x = np.c_[pcs, sequences.time_feature(prepared.time_index, len(prepared.time_labels))]
+      clf = _fit_logreg(cells["x"], cells["y"], cells["split"], seed)
+      p = _cm_column(clf, cells["class_names"], x).astype(np.float32)
+    else:
+      score = _priming_score(adata)
+      if score is None:
+        logging.warning("priming genes absent (not the simulator): no priming score")
+        return
+      clf = _fit_logreg(score[cells["rows"], None], cells["y"], cells["split"], seed)
+      p = _cm_column(clf, cells["class_names"], score[:, None]).astype(np.float32)
+  elif stage in CELLRANK:
+    p = _cellrank(adata, stage, pop_key)
+  else:
+    raise app.UsageError(f"unknown stage {stage!r}; choose prepare or one of {METHODS}")
+  paths["probs"].mkdir(parents=True, exist_ok=True)
+  np.save(paths["probs"] / f"{stage}.npy", p)
+  (paths["probs"] / f"{stage}.json").write_text(json.dumps(timings))
+
+
+# ---------------------------------------------------------------- scoring
+
+
+def score(p: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+  """ROC AUC and accuracy (P > 0.5) of P(CM) against the true fate (bool: leans CM)."""
+  from sklearn import metrics  # pylint: disable=g-import-not-at-top
+  ok = ~np.isnan(p)
+  p, truth = p[ok], truth[ok]
+  both = truth.any() and (~truth).any()
+  return {"n": int(p.size), "auc": float(metrics.roc_auc_score(truth, p)) if both else None,
+          "acc": float(np.mean((p > 0.5) == truth)) if p.size else None}
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+  """Spearman correlation of two P(CM) and the fraction of cells called alike (> 0.5)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  ok = ~(np.isnan(a) | np.isnan(b))
+  if ok.sum() < 3:
+    return {"n": int(ok.sum()), "spearman": None, "same_call": None}
+  return {"n": int(ok.sum()), "spearman": float(stats.spearmanr(a[ok], b[ok]).statistic),
+          "same_call": float(np.mean((a[ok] > 0.5) == (b[ok] > 0.5)))}
+
+
+def score_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
+               methods: Sequence[str]) -> dict[str, Any]:
+  """Scores of every method's P(CM) on the seed's TEST-split pre-branch cells."""
+  import anndata as ad  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.data import fate  # pylint: disable=g-import-not-at-top
+  paths = _paths(workdir, seed)
+  obs = ad.read_h5ad(paths["cells"], backed="r").obs
+  split = np.load(paths["split"])["split"]
+  pre_branch = tuple(config.data.fate.pre_branch)
+  pops = obs[config.data.population_key].astype(str).to_numpy()
+  days = obs[config.data.time_key].astype(str).to_numpy()
+  held_out = (split == 2) & fate.pre_branch_cells(pops, pre_branch)
+  truth = (obs["fate_bias"].to_numpy() > 0) if "fate_bias" in obs.columns else None
+  probs = {m: np.load(paths["probs"] / f"{m}.npy") for m in methods
+           if (paths["probs"] / f"{m}.npy").exists()}
+  out: dict[str, Any] = {"seed": seed, "n_held_out": int(held_out.sum()),
+                         "n_held_out_prog": int(np.sum(held_out & (pops == HEADLINE))),
+                         "methods": {}}
+  for m, p in probs.items():
+    entry: dict[str, Any] = {}
+    if truth is not None:
+      prog = held_out & (pops == HEADLINE)
+      entry["prog"] = score(p[prog], truth[prog])
+      entry["pre_branch"] = score(p[held_out], truth[held_out])
+      entry["per_day"] = {d: score(p[prog & (days == d)], truth[prog & (days == d)])
+                          for d in sorted(set(days[prog]), key=_day_key)}
+    out["methods"][m] = entry
+  if truth is None:       # real data: agreement with cardiac_jax on the held-out cells
+    ref = probs.get("cardiac_jax")
+    for m, p in probs.items():
+      if ref is not None and m != "cardiac_jax":
+        out["methods"][m]["agreement_with_cardiac_jax"] = agreement(ref[held_out], p[held_out])
+  return out
+
+
+def _day_key(label: str) -> tuple[float, str]:
+  digits = "".join(ch for ch in label if ch.isdigit() or ch == ".")
+  try:
+    return float(digits), label
+  except ValueError:
+    return float("inf"), label
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def _run_child(args: list[str]) -> dict[str, float]:
+  """Runs this study's one stage in a child (``python -m``); its wall seconds and peak RSS (MB)."""
+  cost = resources.run_measured([sys.executable, "-m", "cardiac_jax.studies.fate_benchmark"]
+                                + args)
+  if cost["returncode"] != 0:
+    raise RuntimeError(f"stage {args} failed with exit code {cost['returncode']}")
+  return {"wall_s": cost["wall_s"], "peak_rss_mb": cost["peak_rss_mb"]}
+
+
+def _cellrank_available() -> str:
+  try:
+    import cellrank  # pylint: disable=g-import-not-at-top
+    return str(cellrank.__version__)
+  except ImportError:
+    return ""
+
+
+def _previous_costs(path: str) -> dict[int, dict[str, Any]]:
+  if not path:
+    return {}
+  previous = json.loads(pathlib.Path(path).read_text())
+  return {int(s["seed"]): s.get("costs", {}) for s in previous["seeds"]}
+
+
+def run_benchmark(config: ml_collections.ConfigDict, seeds: Sequence[int],
+                  methods: Sequence[str], workdir: str, out_prefix: str,
+                  n_walks: int = 8, overrides: Sequence[str] = (),
+                  reuse: str = "") -> dict[str, Any]:
+  """Every seed's stages in child processes, then the scores, the table and the figure.
+
+  ``reuse``: a previous results JSON; its measured stages are kept (see --reuse).
+  """
+  previous = _previous_costs(reuse)
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown:
+    raise app.UsageError(f"unknown methods {unknown}; choose from {METHODS}")
+  cr_version = _cellrank_available()
+  notes = []
+  if not cr_version and any(m in CELLRANK for m in methods):
+    notes.append("cellrank not installed (pip install -e \".[peers]\"): CellRank rows skipped")
+    methods = [m for m in methods if m not in CELLRANK]
+  common = [f"--workdir={workdir}", f"--n_walks={n_walks}", *overrides]
+  results = {"seeds": [], "methods": list(methods), "cellrank_version": cr_version,
+             "notes": notes, "config": config.name,
+             "command": " ".join(["python experiments/fate_benchmark.py"] + sys.argv[1:])}
+  for seed in seeds:
+    base = common + [f"--seed={seed}"]
+    kept = {m: c for m, c in previous.get(seed, {}).items()
+            if (_paths(workdir, seed)["probs"] / f"{m}.npy").exists()}
+    if not (kept and _paths(workdir, seed)["split"].exists()):
+      _run_child(base + ["--stage=prepare"])
+    costs = {}
+    for m in methods:
+      if m in kept:
+        costs[m] = kept[m]
+        logging.info("seed %d %s: kept from %s", seed, m, reuse)
+        continue
+      try:
+        costs[m] = _run_child(base + [f"--stage={m}"])
+      except RuntimeError as e:
+        if m not in CELLRANK:
+          raise
+        # E.g. a pseudotime with NaN (GSE175634's dpt_pseudotime per lineage): say so.
+        notes.append(f"seed {seed}: {m} failed ({e}); see its log above")
+        continue
+      extra = _paths(workdir, seed)["probs"] / f"{m}.json"
+      if extra.exists():
+        costs[m].update(json.loads(extra.read_text()))
+      logging.info("seed %d %s: %.1f s, %.0f MB", seed, m, costs[m]["wall_s"],
+                   costs[m]["peak_rss_mb"])
+    scored = score_seed(config, workdir, seed, methods)
+    scored["costs"] = costs
+    results["seeds"].append(scored)
+  results["machine"] = _machine()
+  out_prefix = out_prefix or str(pathlib.Path(workdir) / "fate")
+  write_results(results, out_prefix)
+  return results
+
+
+def _machine() -> dict[str, Any]:
+  return {"cpu": common.cpu_model(), "cores": os.cpu_count(),
+          "load_avg": list(os.getloadavg()), "date": time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                   time.gmtime())}
+
+
+def _mean_sd(values: list[float | None]) -> str:
+  """Mean ± sample standard deviation (ddof 1) of the values that are not None, 3 decimals."""
+  return common.fmt(common.mean_std(values, ddof=1), 3)
+
+
+def _walls(costs: list[dict[str, float]]) -> str:
+  return ", ".join(f"{c['wall_s']:.0f}" for c in costs)
+
+
+def write_results(results: dict[str, Any], out_prefix: str) -> dict[str, pathlib.Path]:
+  """<prefix>.json, .md (tables) and .png (AUC per method and seed; per day)."""
+  out = pathlib.Path(out_prefix)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  paths = {"json": out.with_suffix(".json"), "md": out.with_suffix(".md"),
+           "png": out.with_suffix(".png")}
+  common.write_json(paths["json"], results)
+  seeds = results["seeds"]
+  methods = results["methods"]
+  has_truth = any("prog" in s["methods"].get(m, {}) for s in seeds for m in methods)
+  lines = [f"# Fate probabilities of held-out pre-branch cells ({results['config']})", "",
+           f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores "
+           f"(shared), {results['machine']['date']}. CellRank "
+           f"{results['cellrank_version'] or 'not installed'}.", "",
+           f"`{results.get('command', '')}`", ""]
+  lines += [f"- {n}" for n in results["notes"]]
+  if has_truth:
+    lines += ["", f"Held-out = test-split cells; truth = sign of `fate_bias`. Seeds "
+              f"{[s['seed'] for s in seeds]}; held-out PROG cells per seed "
+              f"{[s['n_held_out_prog'] for s in seeds]}, all pre-branch "
+              f"{[s['n_held_out'] for s in seeds]}.", "",
+              "| method | PROG AUC (mean ± sd) | PROG AUC per seed | PROG accuracy | "
+              "pre-branch AUC | pre-branch accuracy | wall s (per seed) | peak RSS MB |",
+              "|---|---|---|---|---|---|---|---|"]
+    for m in methods:
+      rows = [s["methods"].get(m) for s in seeds]
+      if not all(rows) or not all(m in s["costs"] for s in seeds):
+        continue
+      costs = [s["costs"][m] for s in seeds]
+      lines.append(
+          f"| {LABELS[m]} | {_mean_sd([r['prog']['auc'] for r in rows])} | "
+          f"{', '.join(common.fmt(r['prog']['auc'], 3) for r in rows)} | "
+          f"{_mean_sd([r['prog']['acc'] for r in rows])} | "
+          f"{_mean_sd([r['pre_branch']['auc'] for r in rows])} | "
+          f"{_mean_sd([r['pre_branch']['acc'] for r in rows])} | "
+          f"{_walls(costs)} | "
+          f"{max(c['peak_rss_mb'] for c in costs):.0f} |")
+    days = sorted({d for s in seeds for m in methods for d in s["methods"].get(m, {})
+                   .get("per_day", {})}, key=_day_key)
+    lines += ["", f"PROG per day: AUC / accuracy, mean over seeds (n = cells summed over "
+              "seeds)", "", "| method | " + " | ".join(days) + " |",
+              "|---|" + "---|" * len(days)]
+    for m in methods:
+      cells = []
+      for d in days:
+        per = [s["methods"].get(m, {}).get("per_day", {}).get(d) for s in seeds]
+        per = [p for p in per if p]
+        n = sum(p["n"] for p in per)
+        cells.append(f"{_mean_sd([p['auc'] for p in per]).split(' ±')[0]} / "
+                     f"{_mean_sd([p['acc'] for p in per]).split(' ±')[0]} (n={n})")
+      lines.append(f"| {m} | " + " | ".join(cells) + " |")
+  else:
+    lines += ["", "No `fate_bias` in the data: agreement with cardiac_jax on the held-out "
+              "pre-branch cells (Spearman of P(CM); fraction called alike).", "",
+              "| method | Spearman per seed | same call per seed | wall s | peak RSS MB |",
+              "|---|---|---|---|---|"]
+    for m in methods:
+      if m == "cardiac_jax":
+        continue
+      ag = [s["methods"].get(m, {}).get("agreement_with_cardiac_jax") for s in seeds]
+      if not all(ag) or not all(m in s["costs"] for s in seeds):
+        continue
+      costs = [s["costs"][m] for s in seeds]
+      lines.append(f"| {LABELS[m]} | {', '.join(common.fmt(a['spearman'], 3) for a in ag)} | "
+                   f"{', '.join(common.fmt(a['same_call'], 3) for a in ag)} | "
+                   f"{_walls(costs)} | "
+                   f"{max(c['peak_rss_mb'] for c in costs):.0f} |")
+  lines += ["", "Wall time and peak RSS are each method's own process (cardiac_jax: "
+            "training + predict; logreg / priming: loading the labelled sequences, "
+            "embedding, fitting; CellRank: scanpy preprocessing, kNN graph, kernel, fate "
+            "probabilities)."]
+  fileio.atomic_write_text(paths["md"], "\n".join(lines) + "\n")
+  _plot(results, paths["png"], has_truth)
+  return paths
+
+
+def _plot(results: dict[str, Any], path: pathlib.Path, has_truth: bool) -> None:
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  seeds, methods = results["seeds"], results["methods"]
+  fig = Figure(figsize=(11, 4))
+  FigureCanvasAgg(fig)
+  ax1, ax2 = fig.subplots(1, 2)
+  if has_truth:
+    for i, m in enumerate(methods):
+      vals = [s["methods"].get(m, {}).get("prog", {}).get("auc") for s in seeds]
+      vals = [v for v in vals if v is not None]
+      ax1.scatter([i] * len(vals), vals, color=f"C{i}")
+      if vals:
+        ax1.hlines(np.mean(vals), i - 0.3, i + 0.3, color=f"C{i}")
+      days = sorted({d for s in seeds for d in s["methods"].get(m, {}).get("per_day", {})},
+                    key=_day_key)
+      mean = [np.mean([s["methods"][m]["per_day"][d]["auc"] for s in seeds
+                       if d in s["methods"].get(m, {}).get("per_day", {})
+                       and s["methods"][m]["per_day"][d]["auc"] is not None] or [np.nan])
+              for d in days]
+      ax2.plot(days, mean, marker="o", color=f"C{i}", label=m)
+    ax1.set(ylabel="ROC AUC, held-out PROG cells", title="P(CM) vs true fate, per seed")
+    ax2.set(ylabel="ROC AUC (mean over seeds)", title="held-out PROG cells per day")
+    ax2.legend(fontsize=8)
+  else:
+    for i, m in enumerate(methods):
+      vals = [s["methods"].get(m, {}).get("agreement_with_cardiac_jax", {}).get("spearman")
+              for s in seeds]
+      vals = [v for v in vals if v is not None]
+      ax1.scatter([i] * len(vals), vals, color=f"C{i}")
+    ax1.set(ylabel="Spearman with cardiac_jax", title="agreement on held-out cells")
+    ax2.axis("off")
+  ax1.set_xticks(range(len(methods)), methods, rotation=20, fontsize=8)
+  fig.tight_layout()
+  fileio.save_figure(fig, path)
+
+
+def define_flags() -> None:
+  """The script's flags (defined here, not at import: cardiac_jax.main defines --config too)."""
+  config_flags.DEFINE_config_file(
+      "config", "configs/fate.py", "Fate config; :quick for the tiny variant.",
+      lock_config=False)
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (simulator, split, walks, training).")
+  flags.DEFINE_list(
+      "methods", ["cardiac_jax", "logreg", "priming", "cellrank_pt", "cellrank_ck"],
+      "Methods to run (CellRank ones are skipped with a note when cellrank is not installed).")
+  flags.DEFINE_string("workdir", "runs/fate_bench", "Root of the per-seed runs.")
+  flags.DEFINE_string("out", "", "Prefix of the .md/.json/.png results ('' = <workdir>/fate).")
+  flags.DEFINE_integer("n_walks", 8, "cardiac_jax.predict walks per cell.")
+  flags.DEFINE_string(
+      "reuse", "", "A previous results .json of the same --workdir: the stages it measured "
+      "whose P(CM) files are still there are kept with their costs, the rest are run.")
+  flags.DEFINE_string("stage", "", "internal: run one method of one seed in this process.")
+  flags.DEFINE_integer("seed", 0, "internal: the seed of --stage.")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = FLAGS.config
+  if FLAGS.stage:
+    run_stage(config, FLAGS.stage, FLAGS.seed, FLAGS.workdir, FLAGS.n_walks)
+    return
+  # Children get the same config file and overrides.
+  overrides = [a for a in sys.argv[1:] if a.startswith("--config")]
+  results = run_benchmark(config, [int(s) for s in FLAGS.seeds], list(FLAGS.methods),
+                          FLAGS.workdir, FLAGS.out, FLAGS.n_walks, overrides,
+                          reuse=FLAGS.reuse)
+  out = FLAGS.out or str(pathlib.Path(FLAGS.workdir) / "fate")
+  print(pathlib.Path(out).with_suffix(".md").read_text())
+  del results
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
