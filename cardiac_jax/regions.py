@@ -43,49 +43,50 @@ PREDICTIONS_CSV = "spot_predictions.csv"
 PredictFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def walk_probabilities(predict_fn: PredictFn, pcs: np.ndarray, unit_coords: np.ndarray,
-                       rows: np.ndarray, *, num_classes: int, length: int, n_walks: int,
-                       seed: int, progress: bool | None = False) -> np.ndarray:
-  """Mean class probabilities of ``n_walks`` walks ending at each of ``rows``.
+def walk_sources(unit_coords: np.ndarray, rows: np.ndarray, *, length: int, n_walks: int,
+                 seed: int, stream: int = 0) -> np.ndarray:
+  """``n_walks`` walks ending at each of ``rows``, among ``rows``' spots only.
 
-  The walks run over the spot graph among ``rows`` only (``data.regions.split_graph``;
+  The walks run over the spot graph of ``rows`` (``data.regions.split_graph``;
   coordinates in spot pitches with sections apart, ``data.regions.pitch_coords``),
-  in blocks of ``BLOCK_SPOTS`` anchors seeded per (seed, block, walk), so the
-  result does not depend on how many spots are predicted at once.
-
-  Args:
-    predict_fn: (x (N, L, F), mask (N, L)) -> probabilities (N, C).
-    pcs: (n, n_pcs) spot embedding.
-    unit_coords: (n, 2) pitch coordinates.
-    rows: the spots to predict (and walk among).
-    num_classes: C.
-    length: steps per walk (the model's).
-    n_walks: walks per spot.
-    seed: seed of the walks.
-    progress: a progress bar over the spots (None: in a terminal or notebook).
+  in blocks of ``BLOCK_SPOTS`` anchors seeded per (seed, stream, block, walk), so a
+  spot's walks do not depend on how many spots are walked at once.
 
   Returns:
-    (len(rows), C) float32.
+    (n_walks, len(rows), length) int64 global rows; [..., -1] is the spot itself.
   """
   if n_walks < 1:
     raise DataError(f"n_walks must be >= 1, got {n_walks}")
   rows = np.asarray(rows, np.int64)
   graph = data_regions.split_graph(unit_coords, np.zeros(len(unit_coords), np.int32), rows)
-  out = np.empty((rows.size, num_classes), np.float32)
-  bar = progress_lib.bar(rows.size, desc="predict", unit="spots", progress=progress)
-  try:
-    for b, start in enumerate(range(0, rows.size, BLOCK_SPOTS)):
-      local = np.arange(start, min(start + BLOCK_SPOTS, rows.size))
-      total = np.zeros((local.size, num_classes), np.float32)
-      for w in range(n_walks):
-        src = sequences.walk(graph, local, length, np.random.default_rng([seed, b, w]),
-                             temporal=False)
-        x = sequences.assemble_features(pcs, src, sequences.SPATIAL_TIME, 1)
-        total += predict_fn(x, np.ones(src.shape, np.float32))
-      out[local] = total / n_walks
-      bar.update(local.size)
-  finally:
-    bar.close()
+  out = np.empty((n_walks, rows.size, length), np.int64)
+  for b, start in enumerate(range(0, rows.size, BLOCK_SPOTS)):
+    local = np.arange(start, min(start + BLOCK_SPOTS, rows.size))
+    for w in range(n_walks):
+      out[w, local] = sequences.walk(graph, local, length,
+                                     np.random.default_rng([seed, stream, b, w]),
+                                     temporal=False)
+  return out
+
+
+def walk_probabilities(predict_fn: PredictFn, pcs: np.ndarray, sources: Sequence[np.ndarray]
+                       ) -> list[np.ndarray]:
+  """Each request's (n_spots, C) mean probabilities over its walks, in ONE ``predict_fn``
+  call (``evaluation.predict`` compiles once per N: one call for every split).
+
+  Args:
+    predict_fn: (x (N, L, F), mask (N, L)) -> probabilities (N, C).
+    pcs: (n, n_pcs) spot embedding.
+    sources: ``walk_sources`` arrays, (W, n_spots, L) each.
+  """
+  src = np.concatenate([s.reshape(-1, s.shape[-1]) for s in sources])
+  x = sequences.assemble_features(pcs, src, sequences.SPATIAL_TIME, 1)
+  probs = predict_fn(x, np.ones(src.shape, np.float32))
+  out, start = [], 0
+  for s in sources:
+    n = s.shape[0] * s.shape[1]
+    out.append(probs[start:start + n].reshape(s.shape[0], s.shape[1], -1).mean(axis=0))
+    start += n
   return out
 
 
@@ -123,13 +124,15 @@ def report(run: Any, state: Any, workdir: str, results: dict[str, Any]) -> None:
   labels, split = np.asarray(t["labels"]), np.asarray(t["split"])
   pcs, unit = np.asarray(t["pcs"]), np.asarray(t["unit_coords"], np.float64)
   n_walks = int(config.data.spatial.predict_walks)
-  predict_fn = functools.partial(evaluation.predict, run, state)
   probs = np.full((labels.size, len(names)), np.nan, np.float32)
   rows = {name: np.flatnonzero(split == sid) for name, sid in splits_lib.SPLIT_IDS.items()}
-  for name in ("val", "test"):
-    probs[rows[name]] = walk_probabilities(predict_fn, pcs, unit, rows[name],
-                                           num_classes=len(names), length=run.dataset.length,
-                                           n_walks=n_walks, seed=int(config.seed))
+  held = ("val", "test")
+  sources = [walk_sources(unit, rows[name], length=run.dataset.length, n_walks=n_walks,
+                          seed=int(config.seed), stream=splits_lib.SPLIT_IDS[name])
+             for name in held]
+  for name, p in zip(held, walk_probabilities(
+      functools.partial(evaluation.predict, run, state), pcs, sources)):
+    probs[rows[name]] = p
   scores = {name: spot_scores(labels, probs, rows[name], names) for name in ("val", "test")}
   adj = data_regions.split_adjacency(unit, split)
   base, base_probs = region_baselines.run_baselines(pcs, labels, split, adj, names,
@@ -159,8 +162,8 @@ def report(run: Any, state: Any, workdir: str, results: dict[str, Any]) -> None:
   results["criteria"] = report_lib.success_criteria(results, config.monitor)
   if fileio.is_primary():
     write_spot_predictions(workdir, t, probs, base_probs, names)
-    results["regions"]["maps"] = write_report_maps(workdir, t, probs, names)
-  results["unit_markdown"] = _markdown(results)
+    results["unit_plots"] = write_report_maps(workdir, t, probs, names)
+  results["sections_md"] = _markdown(results)
   logging.info("regions: spot-level test acc %.4f, macro-F1 %.4f on %d spots; best baseline "
                "%s (val %.4f) test %.4f", results["test_acc"], results["test_macro_f1"],
                test.size, best, base[best]["val_acc"], base[best]["test_acc"])
@@ -185,9 +188,8 @@ def _markdown(results: dict[str, Any]) -> list[str]:
     star = " (best on val)" if name == results["best_baseline"] else ""
     lines.append(f"| {name}{star} | {r['val_acc']:.4f} | {r['test_acc']:.4f} | "
                  f"{r['test_macro_f1']:.4f} | {v['diff']:+.4f} ± {2 * v['se']:.4f} |")
-  lines += ["", f"Per-spot predictions: `{PREDICTIONS_CSV}`; maps of the test sections: "
-            "`plots/regions_*.png`."]
-  lines += [f"![{p}]({p})" for p in results["regions"].get("maps", [])]
+  lines += ["", f"Per-spot predictions: `{PREDICTIONS_CSV}`; maps of the test sections "
+            "(predicted region, confidence, true region): `plots/regions_*.png`, below."]
   return lines
 
 
@@ -219,22 +221,22 @@ def write_spot_predictions(workdir: str, tables: dict[str, np.ndarray], probs: n
 
 
 def write_report_maps(workdir: str, tables: dict[str, np.ndarray], probs: np.ndarray,
-                      class_names: Sequence[str]) -> list[str]:
+                      class_names: Sequence[str]) -> dict[str, str]:
   """One map per section holding test spots (at most ``MAX_MAPS``): predicted region,
-  confidence and true region; returns the paths relative to the workdir."""
+  confidence and true region; returns {name: file name under plots/}."""
   split = np.asarray(tables["split"])
   section = np.asarray(tables["section"])
   section_names = np.asarray(tables["section_names"]).astype(str)
-  out = []
+  out = {}
   for s in np.unique(section[split == splits_lib.SPLIT_IDS["test"]])[:MAX_MAPS]:
     rows = np.flatnonzero(section == s)
     predicted = np.where(split[rows] >= 1, np.argmax(np.nan_to_num(probs[rows], nan=-1.0), 1),
                          -1)
-    rel = f"plots/regions_{_safe(section_names[s])}.png"
+    name = f"regions_{_safe(section_names[s])}"
     section_map(np.asarray(tables["coords"])[rows], predicted, np.max(probs[rows], axis=1),
                 np.asarray(tables["labels"])[rows], class_names,
-                f"section {section_names[s]}", os.path.join(workdir, rel))
-    out.append(rel)
+                f"section {section_names[s]}", os.path.join(workdir, "plots", name + ".png"))
+    out[name] = name + ".png"
   return out
 
 
@@ -261,7 +263,7 @@ def section_map(coords: np.ndarray, predicted: np.ndarray, confidence: np.ndarra
 def predict(adata: Any, model: Any, *, section_key: str = "", counts_layer: str | None = None,
             n_walks: int | None = None, key_added: str = "cardiac_jax", copy: bool = False,
             seed: int = 0, min_gene_fraction: float = query.MIN_GENE_FRACTION,
-            progress: bool | None = None) -> Any:
+            progress: bool | None = None, **unused: Any) -> Any:
   """The region of every spot of new sections, into the AnnData.
 
   Spots are embedded with the training preprocessor (``query``), each section's
@@ -293,6 +295,7 @@ def predict(adata: Any, model: Any, *, section_key: str = "", counts_layer: str 
   """
   import pandas as pd  # pylint: disable=g-import-not-at-top
   from cardiac_jax.data import ingest  # pylint: disable=g-import-not-at-top
+  del unused   # the cell tasks' keys (time_key, population_key, clone_key ...)
   info = model.info.get("task_info") or {}
   section_key = section_key or info.get("section_key", "section")
   walks = int(model.config.data.spatial.get("predict_walks", 8) if n_walks is None else n_walks)
@@ -311,11 +314,18 @@ def predict(adata: Any, model: Any, *, section_key: str = "", counts_layer: str 
   pcs = query.embed(counts.matrix, counts.gene_names, model.preprocessor)
   unit = data_regions.pitch_coords(coords[kept], section[kept])
   names = list(model.class_names)
+  src = walk_sources(unit, np.arange(kept.size), length=model.length, n_walks=walks, seed=seed)
+  kept_pcs = pcs[kept]
   probs = np.full((adata.n_obs, len(names)), np.nan, np.float32)
-  probs[kept] = walk_probabilities(model.predict_sequences, pcs[kept], unit,
-                                   np.arange(kept.size), num_classes=len(names),
-                                   length=model.length, n_walks=walks, seed=seed,
-                                   progress=progress)
+  bar = progress_lib.bar(kept.size, desc="predict", unit="spots", progress=progress)
+  try:   # blocks of spots: bounded memory; predict_sequences' fixed chunk compiles once
+    for start in range(0, kept.size, BLOCK_SPOTS):
+      block = slice(start, start + BLOCK_SPOTS)
+      probs[kept[block]], = walk_probabilities(model.predict_sequences, kept_pcs,
+                                               [src[:, block]])
+      bar.update(src[:, block].shape[1])
+  finally:
+    bar.close()
   if copy:
     adata = adata.copy()
   best = np.where(counts.empty, -1, np.argmax(np.nan_to_num(probs, nan=-1.0), axis=1))
