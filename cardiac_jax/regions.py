@@ -371,8 +371,12 @@ def predictions_table(adata: Any, key_added: str = "cardiac_jax") -> Any:
 
 
 def plot_predictions(adata: Any, out_dir: str | os.PathLike, *, key_added: str = "cardiac_jax",
-                     true_key: str = "") -> dict[str, pathlib.Path]:
-  """One PNG per section: predicted region, confidence and (when given) the true region."""
+                     true_key: str = "", time_key: str = "") -> dict[str, pathlib.Path]:
+  """One PNG per section: predicted region, confidence and (when given) the true region.
+
+  ``time_key`` is the cell tasks' and unused (``prediction.UNIT_TABLES``' plot signature).
+  """
+  del time_key
   info = adata.uns[key_added]
   keys, names = info["keys"], list(info["class_names"])
   section_key = info["params"]["section_key"]
