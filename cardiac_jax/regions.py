@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
+import time
 from typing import Any, Callable, Sequence
 
 from absl import logging
@@ -32,55 +33,30 @@ from cardiac_jax import query
 from cardiac_jax import region_baselines
 from cardiac_jax import report as report_lib
 from cardiac_jax.data import regions as data_regions
-from cardiac_jax.data import sequences
 from cardiac_jax.data import splits as splits_lib
 from cardiac_jax.data.errors import DataError
 
-BLOCK_SPOTS = 4096         # anchors per walk block (fixes the rng streams)
+BLOCK_SPOTS = 4096         # spots per prediction block of new sections (bounded memory)
 MAX_MAPS = 8               # section maps written by the report
 PREDICTIONS_CSV = "spot_predictions.csv"
 
 PredictFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def walk_sources(unit_coords: np.ndarray, rows: np.ndarray, *, length: int, n_walks: int,
-                 seed: int, stream: int = 0) -> np.ndarray:
-  """``n_walks`` walks ending at each of ``rows``, among ``rows``' spots only.
-
-  The walks run over the spot graph of ``rows`` (``data.regions.split_graph``;
-  coordinates in spot pitches with sections apart, ``data.regions.pitch_coords``),
-  in blocks of ``BLOCK_SPOTS`` anchors seeded per (seed, stream, block, walk), so a
-  spot's walks do not depend on how many spots are walked at once.
-
-  Returns:
-    (n_walks, len(rows), length) int64 global rows; [..., -1] is the spot itself.
-  """
-  if n_walks < 1:
-    raise DataError(f"n_walks must be >= 1, got {n_walks}")
-  rows = np.asarray(rows, np.int64)
-  graph = data_regions.split_graph(unit_coords, np.zeros(len(unit_coords), np.int32), rows)
-  out = np.empty((n_walks, rows.size, length), np.int64)
-  for b, start in enumerate(range(0, rows.size, BLOCK_SPOTS)):
-    local = np.arange(start, min(start + BLOCK_SPOTS, rows.size))
-    for w in range(n_walks):
-      out[w, local] = sequences.walk(graph, local, length,
-                                     np.random.default_rng([seed, stream, b, w]),
-                                     temporal=False)
-  return out
-
-
-def walk_probabilities(predict_fn: PredictFn, pcs: np.ndarray, sources: Sequence[np.ndarray]
-                       ) -> list[np.ndarray]:
+def walk_probabilities(predict_fn: PredictFn, pcs: np.ndarray, unit_coords: np.ndarray,
+                       sources: Sequence[np.ndarray], *, distance: bool) -> list[np.ndarray]:
   """Each request's (n_spots, C) mean probabilities over its walks, in ONE ``predict_fn``
   call (``evaluation.predict`` compiles once per N: one call for every split).
 
   Args:
     predict_fn: (x (N, L, F), mask (N, L)) -> probabilities (N, C).
     pcs: (n, n_pcs) spot embedding.
-    sources: ``walk_sources`` arrays, (W, n_spots, L) each.
+    unit_coords: (n, 2) pitch coordinates (``data.regions.pitch_coords``).
+    sources: ``data.regions.walk_sources`` arrays, (W, n_spots, L) each.
+    distance: the run's ``data.spatial.distance_feature``.
   """
   src = np.concatenate([s.reshape(-1, s.shape[-1]) for s in sources])
-  x = sequences.assemble_features(pcs, src, sequences.SPATIAL_TIME, 1)
+  x = data_regions.walk_features(pcs, unit_coords, src, distance=distance)
   probs = predict_fn(x, np.ones(src.shape, np.float32))
   out, start = [], 0
   for s in sources:
@@ -127,12 +103,18 @@ def report(run: Any, state: Any, workdir: str, results: dict[str, Any]) -> None:
   probs = np.full((labels.size, len(names)), np.nan, np.float32)
   rows = {name: np.flatnonzero(split == sid) for name, sid in splits_lib.SPLIT_IDS.items()}
   held = ("val", "test")
-  sources = [walk_sources(unit, rows[name], length=run.dataset.length, n_walks=n_walks,
-                          seed=int(config.seed), stream=splits_lib.SPLIT_IDS[name])
+  sp_cfg = config.data.spatial
+  sources = [data_regions.walk_sources(unit, rows[name], length=run.dataset.length,
+                                       n_walks=n_walks, seed=int(config.seed),
+                                       stream=splits_lib.SPLIT_IDS[name],
+                                       self_avoiding=bool(sp_cfg.self_avoiding))
              for name in held]
+  start = time.perf_counter()
   for name, p in zip(held, walk_probabilities(
-      functools.partial(evaluation.predict, run, state), pcs, sources)):
+      functools.partial(evaluation.predict, run, state), pcs, unit, sources,
+      distance=bool(sp_cfg.distance_feature))):
     probs[rows[name]] = p
+  predict_seconds = time.perf_counter() - start
   scores = {name: spot_scores(labels, probs, rows[name], names) for name in ("val", "test")}
   adj = data_regions.split_adjacency(unit, split)
   base, base_probs = region_baselines.run_baselines(pcs, labels, split, adj, names,
@@ -157,7 +139,8 @@ def report(run: Any, state: Any, workdir: str, results: dict[str, Any]) -> None:
       confusion=scores["test"]["confusion"],
       val_test_diff=abs(scores["val"]["accuracy"] - scores["test"]["accuracy"]),
       baselines=base, best_baseline=best, vs_baselines=versus,
-      regions={"predict_walks": n_walks, "split": run.dataset.meta["task_info"]["split"],
+      regions={"predict_walks": n_walks, "predict_seconds": predict_seconds,
+               "split": run.dataset.meta["task_info"]["split"],
                "spots_per_split": {k: int(v.size) for k, v in rows.items()}})
   results["criteria"] = report_lib.success_criteria(results, config.monitor)
   if fileio.is_primary():
@@ -314,15 +297,19 @@ def predict(adata: Any, model: Any, *, section_key: str = "", counts_layer: str 
   pcs = query.embed(counts.matrix, counts.gene_names, model.preprocessor)
   unit = data_regions.pitch_coords(coords[kept], section[kept])
   names = list(model.class_names)
-  src = walk_sources(unit, np.arange(kept.size), length=model.length, n_walks=walks, seed=seed)
+  sp_cfg = model.config.data.spatial
+  src = data_regions.walk_sources(unit, np.arange(kept.size), length=model.length,
+                                  n_walks=walks, seed=seed,
+                                  self_avoiding=bool(sp_cfg.get("self_avoiding", False)))
   kept_pcs = pcs[kept]
   probs = np.full((adata.n_obs, len(names)), np.nan, np.float32)
   bar = progress_lib.bar(kept.size, desc="predict", unit="spots", progress=progress)
   try:   # blocks of spots: bounded memory; predict_sequences' fixed chunk compiles once
     for start in range(0, kept.size, BLOCK_SPOTS):
       block = slice(start, start + BLOCK_SPOTS)
-      probs[kept[block]], = walk_probabilities(model.predict_sequences, kept_pcs,
-                                               [src[:, block]])
+      probs[kept[block]], = walk_probabilities(
+          model.predict_sequences, kept_pcs, unit, [src[:, block]],
+          distance=bool(sp_cfg.get("distance_feature", False)))
       bar.update(src[:, block].shape[1])
   finally:
     bar.close()

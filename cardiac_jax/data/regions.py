@@ -49,10 +49,11 @@ from cardiac_jax.data import stages as stages_lib
 from cardiac_jax.data.errors import DataError
 
 # Bump when the code changes what a given config.data builds (cache key).
-CODE_VERSION = "regions-v1"
+CODE_VERSION = "regions-v2"
 SPLIT_KINDS = ("tile", "section")
 # Spot pitches between sections laid side by side: far beyond the graph's radius.
 SECTION_GAP = 10.0
+BLOCK_SPOTS = 4096         # anchors per walk block (fixes the rng streams)
 # The time label of every spot (sections are formed tissue: ``sequences.SPATIAL_TIME``).
 TIME_LABEL = "section"
 FILTER_EMPTY = ("adata = adata[np.asarray(adata.X.sum(axis=1)).ravel() > 0].copy() "
@@ -218,6 +219,48 @@ def split_graph(unit_coords: np.ndarray, labels: np.ndarray, rows: np.ndarray
   return sequences.spatial_graph(unit_coords, labels, rows, 1.0)
 
 
+def walk_sources(unit_coords: np.ndarray, rows: np.ndarray, *, length: int, n_walks: int,
+                 seed: int, stream: int = 0, self_avoiding: bool = False) -> np.ndarray:
+  """``n_walks`` walks ending at each of ``rows``, among ``rows``' spots only.
+
+  The walks run over ``split_graph(rows)`` in blocks of ``BLOCK_SPOTS`` anchors
+  seeded per (seed, stream, block, walk), so a spot's walks do not depend on how
+  many walks are drawn at once. Training, the report and ``predict`` all walk here.
+
+  Returns:
+    (n_walks, len(rows), length) int64 global rows; [..., -1] is the spot itself.
+  """
+  if n_walks < 1:
+    raise DataError(f"n_walks must be >= 1, got {n_walks}")
+  rows = np.asarray(rows, np.int64)
+  graph = split_graph(unit_coords, np.zeros(len(unit_coords), np.int32), rows)
+  out = np.empty((n_walks, rows.size, length), np.int64)
+  for b, start in enumerate(range(0, rows.size, BLOCK_SPOTS)):
+    local = np.arange(start, min(start + BLOCK_SPOTS, rows.size))
+    for w in range(n_walks):
+      out[w, local] = sequences.walk(graph, local, length,
+                                     np.random.default_rng([seed, stream, b, w]),
+                                     temporal=False, self_avoiding=self_avoiding)
+  return out
+
+
+def walk_features(pcs: np.ndarray, unit_coords: np.ndarray, src: np.ndarray, *,
+                  distance: bool) -> np.ndarray:
+  """(N, L, n_pcs + 2) features of walks ``src`` (N, L): each step's PCs, then its
+  distance to the walk's end spot in spot pitches / (L - 1) (``distance``; else the
+  constant ``sequences.SPATIAL_TIME``), then the spatial modality flag.
+
+  Why the distance: a step 1 pitch from the spot is evidence about its region, one
+  6 pitches away may lie across a boundary; a walk's step index says that only
+  loosely (a random walk's reach grows like the square root of its steps).
+  """
+  if not distance:
+    return sequences.assemble_features(pcs, src, sequences.SPATIAL_TIME, 1)
+  xy = np.asarray(unit_coords, np.float32)
+  d = np.linalg.norm(xy[src] - xy[src[:, -1:]], axis=-1) / max(src.shape[1] - 1, 1)
+  return sequences.assemble_features(pcs, src, np.minimum(d, 1.0), 1)
+
+
 def adjacency(graph: sequences.WalkGraph, n: int) -> sp.csr_matrix:
   """The graph's edges as a symmetric 0/1 (n, n) CSR over global rows (no self loops)."""
   local = np.repeat(np.arange(graph.size), graph.same_count)
@@ -374,7 +417,7 @@ def check_split_regions(labels: np.ndarray, spot_split: np.ndarray,
 def stages(data_cfg: Any) -> list[str]:
   """The stages ``build`` runs, in order (the progress bar's steps)."""
   return ["simulate" if data_cfg.spatial.source == "simulator" else "load", "prepare", "split",
-          "preprocess_fit", "transform", "spot_graph", "walks", "assemble"]
+          "preprocess_fit", "transform", "walks", "assemble"]
 
 
 def build(data_cfg: Any, stage: stages_lib.Stages, preprocessor_path: pathlib.Path | None,
@@ -400,24 +443,21 @@ def build(data_cfg: Any, stage: stages_lib.Stages, preprocessor_path: pathlib.Pa
   with stage("transform"):
     pcs = np.asarray(pp.transform(sections.counts, sections.gene_names), np.float32)
   class_names = sections.class_names
-  with stage("spot_graph"):
-    graphs = [split_graph(unit, sections.labels, np.flatnonzero(spot_split == s))
-              for s in range(len(splits.SPLITS))]
   parts = []
   with stage("walks"):
     for s, name in enumerate(splits.SPLITS):
       per_spot = walks_per_spot if name == "train" else 1
-      anchors = np.repeat(np.arange(graphs[s].size), per_spot)
-      rng = np.random.default_rng([int(seq_cfg.seed), 4, s])
-      src = sequences.walk(graphs[s], anchors, length, rng, temporal=False)
-      parts.append((src, graphs[s].labels[anchors], np.full(anchors.size, s, np.int8)))
-      logging.info("regions: %s: %d walks ending at %d spots", name, anchors.size,
-                   graphs[s].size)
+      rows = np.flatnonzero(spot_split == s)
+      src = walk_sources(unit, rows, length=length, n_walks=per_spot,
+                         seed=int(seq_cfg.seed), stream=s,
+                         self_avoiding=bool(sp_cfg.self_avoiding)).reshape(-1, length)
+      parts.append((src, sections.labels[src[:, -1]], np.full(len(src), s, np.int8)))
+      logging.info("regions: %s: %d walks ending at %d spots", name, len(src), rows.size)
   with stage("assemble"):
     src = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts]).astype(np.int32)
     split = np.concatenate([p[2] for p in parts])
-    x = sequences.assemble_features(pcs, src, sequences.SPATIAL_TIME, 1)
+    x = walk_features(pcs, unit, src, distance=bool(sp_cfg.distance_feature))
     n_pcs = pcs.shape[1]
     spots_per_split = {name: int(np.sum(spot_split == s)) for s, name in enumerate(splits.SPLITS)}
     task_info = {
@@ -425,7 +465,9 @@ def build(data_cfg: Any, stage: stages_lib.Stages, preprocessor_path: pathlib.Pa
         "classes": list(class_names), "split": split_info,
         "walk": {"length": length, "neighbours": sequences.SPATIAL_NEIGHBOURS,
                  "radius_pitches": sequences.SPATIAL_RADIUS, "section_gap": SECTION_GAP,
-                 "walks_per_spot": walks_per_spot},
+                 "walks_per_spot": walks_per_spot,
+                 "self_avoiding": bool(sp_cfg.self_avoiding),
+                 "distance_feature": bool(sp_cfg.distance_feature)},
         "spots_per_split": spots_per_split,
     }
     meta = {

@@ -221,15 +221,32 @@ def _pick(table: np.ndarray, count: np.ndarray, cur: np.ndarray,
   return table[cur, j]
 
 
+def _pick_fresh(table: np.ndarray, count: np.ndarray, cur: np.ndarray, visited: np.ndarray,
+                rng: np.random.Generator) -> np.ndarray:
+  """One uniform draw among the valid neighbours of each current item that are not in
+  its ``visited`` (n, v) items; among all valid ones where every one was visited."""
+  cand = table[cur]                                                  # (n, k)
+  valid = np.arange(table.shape[1])[None, :] < count[cur][:, None]
+  fresh = valid & ~(cand[:, :, None] == visited[:, None, :]).any(axis=2)
+  pool = np.where(fresh.any(axis=1, keepdims=True), fresh, valid)
+  cum = np.cumsum(pool, axis=1)
+  r = (rng.random(cur.size) * cum[:, -1]).astype(np.int64)
+  return cand[np.arange(cur.size), np.argmax(cum > r[:, None], axis=1)]
+
+
 def walk(graph: WalkGraph, anchors: np.ndarray, length: int,
-         rng: np.random.Generator, temporal: bool = True) -> np.ndarray:
+         rng: np.random.Generator, temporal: bool = True,
+         self_avoiding: bool = False) -> np.ndarray:
   """Walks backwards from the anchors and returns forward-ordered global rows.
 
   Temporal walks step to a previous-day neighbour whenever the current cell's day
   is later than the step's target day (see ``step_times``), otherwise to a
   same-day neighbour. If the target day has no cells in the split, the walk has
   already skipped to the nearest earlier populated day and stays there. Spatial
-  walks always use the spot neighbour table.
+  walks always use the spot neighbour table; ``self_avoiding`` spatial walks step
+  to a spot not yet on the walk whenever one is next to them (a plain random walk
+  on a hex grid spends half its steps on spots it has seen: 16 steps cover ~8
+  spots, a self-avoiding one 16, reaching further out).
 
   Returns:
     (n, length) int64 global rows; column length - 1 is the anchor.
@@ -244,7 +261,8 @@ def walk(graph: WalkGraph, anchors: np.ndarray, length: int,
   target = step_times(graph.time_index[anchors], length) if temporal else None
   for s in range(length - 2, -1, -1):      # one vectorised update per step
     if not temporal:
-      cur = _pick(graph.same, graph.same_count, cur, rng)
+      cur = (_pick_fresh(graph.same, graph.same_count, cur, path[:, s + 1:], rng)
+             if self_avoiding else _pick(graph.same, graph.same_count, cur, rng))
       path[:, s] = cur
       continue
     go_back = (graph.time_index[cur] > target[:, s]) & graph.has_prev[cur]
@@ -299,7 +317,8 @@ def assemble_features(pcs: np.ndarray, source_index: np.ndarray, time_value: np.
   Args:
     pcs: (n_items, n_pcs) PCA coordinates of the cells (or spots).
     source_index: (N, L) rows into ``pcs``.
-    time_value: (n_items,) per-item time feature (see ``time_feature``) or a constant.
+    time_value: (n_items,) per-item time feature (see ``time_feature``), a constant, or
+      (N, L) per step (a spatial walk's distance to its end spot, ``data.regions``).
     modality: 0 single-cell temporal, 1 spatial.
     out: optional (N, L, n_pcs + 2) float32 array to fill (avoids a copy when
       several parts go into one dataset).
@@ -320,6 +339,8 @@ def assemble_features(pcs: np.ndarray, source_index: np.ndarray, time_value: np.
     out[start:start + chunk, ..., :n_pcs] = pcs[idx[start:start + chunk]]
   if np.ndim(time_value) == 0:
     out[..., n_pcs] = float(time_value)
+  elif np.ndim(time_value) == 2:
+    out[..., n_pcs] = np.asarray(time_value, dtype=np.float32)
   else:
     out[..., n_pcs] = np.asarray(time_value, dtype=np.float32)[idx]
   out[..., n_pcs + 1] = float(modality)
