@@ -104,6 +104,21 @@ def standardise(x: np.ndarray, train: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- GNN
 
 
+def neighbour_table(adj: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+  """(n, K) int32 neighbours of each spot (K = the largest degree; padded with the spot
+  itself) and (n, K) float32 weights 1 / degree (0 on padding): the mean over a spot's
+  neighbours as a gather, cheaper on a CPU than a scatter over the edges."""
+  adj = sp.csr_matrix(adj)
+  degree = np.diff(adj.indptr)
+  k = max(int(degree.max(initial=0)), 1)
+  n = adj.shape[0]
+  table = np.repeat(np.arange(n, dtype=np.int32)[:, None], k, axis=1)
+  valid = np.arange(k)[None, :] < degree[:, None]
+  table[valid] = adj.indices
+  weights = np.where(valid, 1.0 / np.maximum(degree, 1)[:, None], 0.0).astype(np.float32)
+  return table, weights
+
+
 class SpotGNN(nn.Module):
   """GraphSAGE-style: h <- relu(W_self h + W_nbr mean_neighbours(h)), then a linear head."""
   num_classes: int
@@ -112,13 +127,12 @@ class SpotGNN(nn.Module):
   dropout: float = GNN_DROPOUT
 
   @nn.compact
-  def __call__(self, x: jax.Array, senders: jax.Array, receivers: jax.Array,
-               inv_degree: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, neighbours: jax.Array, weights: jax.Array, *,
+               train: bool) -> jax.Array:
     h = x
     for i in range(self.layers):
       h = nn.Dropout(self.dropout, deterministic=not train)(h)
-      agg = jax.ops.segment_sum(h[senders], receivers, num_segments=x.shape[0])
-      agg = agg * inv_degree[:, None]
+      agg = jnp.einsum("nk,nkf->nf", weights, h[neighbours])    # mean over the neighbours
       h = nn.relu(nn.Dense(self.width, name=f"self_{i}")(h)
                   + nn.Dense(self.width, use_bias=False, name=f"nbr_{i}")(agg))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
@@ -126,8 +140,8 @@ class SpotGNN(nn.Module):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "epochs"))
-def train_gnn(rng: jax.Array, x: jax.Array, senders: jax.Array, receivers: jax.Array,
-              inv_degree: jax.Array, y: jax.Array, train_w: jax.Array, val_w: jax.Array, *,
+def train_gnn(rng: jax.Array, x: jax.Array, neighbours: jax.Array, weights: jax.Array,
+              y: jax.Array, train_w: jax.Array, val_w: jax.Array, *,
               model: SpotGNN, epochs: int) -> tuple[Any, jax.Array, jax.Array]:
   """Full-graph training; returns (params of the best validation epoch, best val acc, epoch).
 
@@ -137,12 +151,12 @@ def train_gnn(rng: jax.Array, x: jax.Array, senders: jax.Array, receivers: jax.A
   carry, so early stopping costs no host round trip.
   """
   init_rng, drop_rng = jax.random.split(rng)
-  params = model.init(init_rng, x, senders, receivers, inv_degree, train=False)["params"]
+  params = model.init(init_rng, x, neighbours, weights, train=False)["params"]
   tx = optax.adamw(GNN_LEARNING_RATE, weight_decay=GNN_WEIGHT_DECAY)
   n_train, n_val = jnp.sum(train_w), jnp.sum(val_w)
 
   def loss_fn(p, key):
-    logits = model.apply({"params": p}, x, senders, receivers, inv_degree, train=True,
+    logits = model.apply({"params": p}, x, neighbours, weights, train=True,
                          rngs={"dropout": key})
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return jnp.sum(losses * train_w) / n_train
@@ -152,7 +166,7 @@ def train_gnn(rng: jax.Array, x: jax.Array, senders: jax.Array, receivers: jax.A
     grads = jax.grad(loss_fn)(p, jax.random.fold_in(drop_rng, i))
     updates, opt = tx.update(grads, opt, p)
     p = optax.apply_updates(p, updates)
-    logits = model.apply({"params": p}, x, senders, receivers, inv_degree, train=False)
+    logits = model.apply({"params": p}, x, neighbours, weights, train=False)
     acc = jnp.sum((jnp.argmax(logits, -1) == y) * val_w) / n_val
     better = acc > best_acc
     best_p = jax.tree.map(lambda a, b: jnp.where(better, a, b), p, best_p)
@@ -168,12 +182,9 @@ def gnn_probabilities(x: np.ndarray, adj: sp.csr_matrix, y: np.ndarray, split: n
                       num_classes: int, seed: int, layers: int,
                       epochs: int = GNN_EPOCHS) -> tuple[np.ndarray, dict[str, Any]]:
   """Class probabilities of every spot from a GNN trained on the training spots."""
-  coo = adj.tocoo()
-  degree = np.asarray(adj.sum(axis=1)).ravel()
+  neighbours, weights = neighbour_table(adj)
   model = SpotGNN(num_classes=num_classes, layers=layers)
-  args = (jnp.asarray(x, jnp.float32), jnp.asarray(coo.col, jnp.int32),
-          jnp.asarray(coo.row, jnp.int32),
-          jnp.asarray(np.where(degree > 0, 1.0 / np.maximum(degree, 1), 0.0), jnp.float32))
+  args = (jnp.asarray(x, jnp.float32), jnp.asarray(neighbours), jnp.asarray(weights))
   params, val_acc, best_epoch = train_gnn(
       jax.random.key(seed), *args, jnp.asarray(np.maximum(y, 0), jnp.int32),
       jnp.asarray(split == 0, jnp.float32), jnp.asarray(split == 1, jnp.float32),

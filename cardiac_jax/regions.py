@@ -190,6 +190,7 @@ def write_spot_predictions(workdir: str, tables: dict[str, np.ndarray], probs: n
       "spot": np.asarray(tables["obs_names"]).astype(str)[rows],
       "section": section_names[np.asarray(tables["section"])[rows]],
       "split": np.asarray(splits_lib.SPLITS)[split[rows]],
+      "x": np.asarray(tables["coords"])[rows, 0], "y": np.asarray(tables["coords"])[rows, 1],
       "region": names[np.asarray(tables["labels"])[rows]],
       "predicted": names[np.argmax(probs[rows], axis=1)],
       "confidence": np.max(probs[rows], axis=1)})

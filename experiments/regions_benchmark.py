@@ -1,12 +1,9 @@
-"""Spatial regions on held-out sections: the sequence model against every baseline, over seeds.
+"""Spatial regions: the sequence model against every baseline on held-out sections.
 
-  python experiments/regions_benchmark.py --config=configs/spatial.py --seeds=0,1,2 \\
-      --simspace=/work/data/simspace_bed_seed{seed}.h5ad --workdir=runs/regions_bench \\
-      --out=docs/results/spatial
+  python experiments/regions_benchmark.py --workdir=runs/regions_bench \
+      --simspace_bed=/work/data/simspace_bed_seed{seed}.h5ad --out=docs/results/spatial
 
-The SimSpace beds come from ``python -m cardiac_jax.studies.simspace_testbed
---out=... --seed=N`` (the ``simspace`` extra). The study lives in
-cardiac_jax/studies/regions_benchmark.py (also runnable as
+The study lives in cardiac_jax/studies/regions_benchmark.py (also runnable as
 ``python -m cardiac_jax.studies.regions_benchmark``).
 """
 from absl import app

@@ -214,3 +214,20 @@ def test_predict_annotates_new_sections_and_draws_them(run, tmp_path):
   assert written["csv"].name == regions.PREDICTIONS_CSV and len(table) == new.n_obs
   for section in ("s0", "s1"):
     assert written[f"map_{section}"].is_file()
+
+
+def test_the_benchmark_pools_paired_differences_over_seeds():
+  from cardiac_jax.studies import regions_benchmark  # pylint: disable=g-import-not-at-top
+  runs = []
+  for seed, (d_spot, d_best) in enumerate([(0.10, -0.02), (0.14, 0.01), (0.12, -0.05)]):
+    methods = {m: {"val_acc": 0.6, "test_acc": 0.6 + 0.01 * seed, "test_macro_f1": 0.5,
+                   "seconds": 1.0} for m in regions_benchmark.METHODS}
+    runs.append({"seed": seed, "methods": methods, "best_baseline": "gnn",
+                 "vs": {"logreg_spot": {"diff": d_spot, "se": 0.01, "n": 100},
+                        "best_on_val": {"baseline": "gnn", "diff": d_best, "se": 0.02,
+                                        "n": 100}}})
+  s = regions_benchmark.summarise(runs)
+  assert s["vs_logreg_spot"]["diff"] == pytest.approx(0.12)
+  assert s["vs_logreg_spot"]["se"] == pytest.approx(np.sqrt(3 * 0.01 ** 2) / 3)
+  assert s["above_logreg_spot_by_2se"] and not s["at_least_best_on_val"]
+  assert s["methods"]["model"]["test_acc"][0] == pytest.approx(0.61)

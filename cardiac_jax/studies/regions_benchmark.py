@@ -1,207 +1,245 @@
-"""Spatial regions: the sequence model against every baseline, on held-out sections, over seeds.
+"""Spatial regions: the sequence model against every baseline on held-out sections, two data
+sets, three seeds (``docs/results/spatial.md``).
 
-  python experiments/regions_benchmark.py --config=configs/spatial.py --seeds=0,1,2 \\
-      --simspace=/work/data/simspace_bed_seed{seed}.h5ad --workdir=runs/regions_bench \\
-      --out=docs/results/spatial
+  python experiments/regions_benchmark.py --workdir=runs/regions_bench \
+      --simspace_bed=/work/data/simspace_bed_seed{seed}.h5ad --out=docs/results/spatial
+  # the beds (the simspace extra; ~15 min each on 2 cores, made once):
+  python -m cardiac_jax.studies.simspace_testbed --out=/work/data/simspace_bed_seed0.h5ad --seed=0
 
-Two beds, each with the same config apart from where the spots come from:
-``embedded`` (``data.spatial.source = "simulator"``: the section simulator, a
-new data set per seed) and ``simspace`` (the SimSpace sections of
-``studies/simspace_testbed.py``, one h5ad per seed, read with config changes
-only: source, path, section and region keys). Per seed the data seed
-(``config_lib.with_data_seed``: simulator, split and walk seeds) changes, so the
-held-out sections change too. Every method is scored on the SAME held-out
-spots (the run's report: ``regions.report``); the table gives test accuracy and
-macro-F1 as mean ± std over seeds, and the paired differences model - per-spot
-and model - best baseline on validation, pooled over the seeds' test spots
-(``regions.paired_difference``: SE over spots; neighbouring spots are
-correlated, so the seeds' spread of the differences is shown too). Results go
-to ``<out>.md`` / ``.json`` and the maps of one held-out section per bed to
-``<out>_<bed>.png``.
+Data sets. ``embedded``: ``configs/spatial.py`` as it is (the section simulator, 5
+sections x ~3,000 spots); seed k draws the sections, the split and the walks
+(``config_lib.with_data_seed``) and trains with seed k. ``simspace``: bed k
+(``studies.simspace_testbed``: 5 SimSpace sections x ~2,500 spots, a draw of its own
+per seed) read as any user's h5ad, with config overrides only (source, path,
+section and region keys); seed k picks the held-out sections, the walks and the
+training seed. Every (data set, seed) is one ``train.train_and_evaluate`` run
+(``studies.runs.train_or_reuse``: a finished run is re-read, not retrained), whose
+report scores the model and every baseline on the same held-out spots
+(``regions.report``).
+
+Statistics. Per method, the mean ± std over seeds of the test accuracy and macro-F1,
+and the wall time (the model: its training epochs plus predicting every held-out
+spot; a baseline: its fit, tuning and scoring). The paired per-spot differences
+(model − ``logreg_spot``; model − the baseline best on VALIDATION in that seed) come
+from each run's ``vs_baselines`` (mean of d_i = correct_model,i − correct_base,i over
+the test spots, SE = sd(d) / sqrt(n)) and are pooled over the K seeds as the mean
+difference with SE = sqrt(sum SE_k²) / K (the seeds are independent draws). The
+spots of one section are correlated, so the per-spot SE understates the noise; the
+seeds' spread is the other half, and both are printed.
 """
 from __future__ import annotations
 
+import datetime
+import math
 import os
-import shutil
+import pathlib
+import shlex
 import sys
-import time
 from typing import Any, Sequence
 
+from absl import app
 from absl import flags
 from absl import logging
-import ml_collections
 import numpy as np
 
 from cardiac_jax import config_lib
 from cardiac_jax import fileio
-from cardiac_jax import regions
 from cardiac_jax import region_baselines
+from cardiac_jax import regions
+from cardiac_jax.data import dataset as dataset_lib
 from cardiac_jax.studies import common
-from cardiac_jax.studies import runs
+from cardiac_jax.studies import runs as runs_lib
 
 FLAGS = flags.FLAGS
 BEDS = ("embedded", "simspace")
+METHODS = ("model",) + region_baselines.BASELINES
+BED_TITLES = {"embedded": "embedded section simulator (cardiac_jax.data.section_simulator)",
+              "simspace": "SimSpace bed (cardiac_jax.studies.simspace_testbed, simspace 0.4.2)"}
 
 
-def define_flags() -> None:
-  """The study's flags (called by the front door before parsing; never at import)."""
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file("config", "configs/spatial.py", "The regions config.",
-                                  lock_config=False)
-  flags.DEFINE_list("seeds", ["0", "1", "2"], "Data seeds (simulator, split and walks).")
-  flags.DEFINE_list("beds", list(BEDS), "Beds to run: embedded, simspace.")
-  flags.DEFINE_string("simspace", "", "SimSpace bed h5ad per seed, '{seed}' filled in "
-                      "(studies/simspace_testbed.py --out=... --seed=N).")
-  flags.DEFINE_string("workdir", "runs/regions_bench", "Run directories go here.")
-  flags.DEFINE_string("out", "docs/results/spatial", "Results: <out>.md, .json, _<bed>.png.")
-
-
-def bed_config(config: ml_collections.ConfigDict, bed: str, seed: int,
-               simspace: str = "") -> ml_collections.ConfigDict:
-  """The run of one bed and seed: the data seed, and for SimSpace its h5ad and keys."""
-  config = config_lib.with_data_seed(config, seed)
+def bed_config(bed: str, seed: int, simspace_bed: str, variant: str = "") -> Any:
+  """``configs/spatial.py`` for one data set and seed (overrides only, as a user would)."""
+  config = config_lib.with_data_seed(config_lib.preset("spatial", variant or None), seed)
+  config.seed = int(seed)
+  config.train.progress_bar = False
   if bed == "simspace":
+    path = simspace_bed.format(seed=seed)
+    if not os.path.isfile(path):
+      raise app.UsageError(
+          f"no SimSpace bed at {path}; make it once with `python -m "
+          f"cardiac_jax.studies.simspace_testbed --out={path} --seed={seed}` (pip install -e "
+          "'.[simspace]'), or pass --simspace_bed=<pattern with {seed}>")
     sp = config.data.spatial
-    sp.source, sp.path = "h5ad", simspace.format(seed=seed)
-    sp.section_key, sp.region_key = "section", "region"
+    sp.source, sp.path, sp.section_key, sp.region_key = "h5ad", path, "section", "region"
   elif bed != "embedded":
-    raise ValueError(f"unknown bed {bed!r}; choose from {BEDS}")
-  config.name = f"{config.name}_{bed}_seed{seed}"
+    raise app.UsageError(f"unknown bed {bed!r}; choose from {BEDS}")
   return config
 
 
-def _run_rows(workdir: str, report: dict[str, Any]) -> dict[str, Any]:
-  """One run's numbers, and its test spots' correctness per method (for paired SEs)."""
+def run_one(bed: str, seed: int, simspace_bed: str, workdir: str,
+            variant: str = "") -> dict[str, Any]:
+  """One (data set, seed): its run's spot-level scores, per method."""
+  config = bed_config(bed, seed, simspace_bed, variant)
+  ds = dataset_lib.build_dataset(config.data, progress=False)
+  report = runs_lib.train_or_reuse(config, workdir, ds)
+  info = report["regions"]
+  methods = {"model": {
+      "val_acc": report["val_acc"], "test_acc": report["test_acc"],
+      "test_macro_f1": report["test_macro_f1"],
+      "seconds": report["train_seconds"] + info.get("predict_seconds", float("nan"))}}
+  for name, b in report["baselines"].items():
+    methods[name] = {k: b[k] for k in ("val_acc", "test_acc", "test_macro_f1", "seconds")}
+    methods[name]["selected"] = b.get("selected")
+  best = report["best_baseline"]
+  return {"seed": int(seed), "workdir": workdir, "methods": methods, "best_baseline": best,
+          "n_test_spots": report["n_test_spots"], "sections": info["split"]["sections"],
+          "spots": int(ds.meta["n_spots"]), "wall_seconds": report["wall_seconds"],
+          "best_epoch": report["best_epoch"], "epochs_run": report["epochs_run"],
+          "vs": {"logreg_spot": report["vs_baselines"]["logreg_spot"],
+                 "best_on_val": {"baseline": best, **report["vs_baselines"][best]}}}
+
+
+def pooled(diffs: Sequence[dict[str, float]]) -> dict[str, float]:
+  """Mean of the seeds' paired differences, SE = sqrt(sum SE_k²) / K."""
+  k = len(diffs)
+  return {"diff": float(np.mean([d["diff"] for d in diffs])),
+          "se": math.sqrt(sum(d["se"] ** 2 for d in diffs)) / k,
+          "seeds_std": float(np.std([d["diff"] for d in diffs]))}
+
+
+def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """Mean ± std over seeds per method, pooled differences and the two verdicts."""
+  stats = {m: {k: common.mean_std([r["methods"][m][k] for r in runs])
+               for k in ("val_acc", "test_acc", "test_macro_f1", "seconds")}
+           for m in METHODS}
+  vs_spot = pooled([r["vs"]["logreg_spot"] for r in runs])
+  vs_best = pooled([r["vs"]["best_on_val"] for r in runs])
+  return {"methods": stats, "vs_logreg_spot": vs_spot, "vs_best_on_val": vs_best,
+          "above_logreg_spot_by_2se": vs_spot["diff"] > 2 * vs_spot["se"],
+          "at_least_best_on_val": vs_best["diff"] >= 0,
+          "best_on_val": [r["best_baseline"] for r in runs]}
+
+
+def write_map(run: dict[str, Any], path: str) -> str:
+  """One held-out section of a run: the true region, the model's, the per-spot baseline's,
+  the best-on-validation baseline's, and the model's confidence, side by side."""
   import pandas as pd  # pylint: disable=g-import-not-at-top
-  frame = pd.read_csv(os.path.join(workdir, regions.PREDICTIONS_CSV))
-  test = frame[frame["split"] == "test"]
-  correct = {"model": (test["predicted"] == test["region"]).to_numpy()}
-  for name in report["baselines"]:
-    correct[name] = (test[f"pred_{name}"] == test["region"]).to_numpy()
-  methods = {"model": {"val_acc": report["val_acc"], "test_acc": report["test_acc"],
-                       "test_macro_f1": report["test_macro_f1"],
-                       "seconds": report["wall_seconds"]}}
-  for name, r in report["baselines"].items():
-    methods[name] = {k: r[k] for k in ("val_acc", "test_acc", "test_macro_f1", "seconds")}
-  return {"methods": methods, "best_baseline": report["best_baseline"],
-          "n_test_spots": report["n_test_spots"], "correct": correct,
-          "sequence_test_acc": report["sequence_level"]["test_acc"],
-          "maps": report.get("unit_plots", {}),
-          "test_sections": report["regions"]["split"].get("sections", {}).get("test")}
+  from cardiac_jax import viz  # pylint: disable=g-import-not-at-top
+  table = pd.read_csv(os.path.join(run["workdir"], regions.PREDICTIONS_CSV))
+  section = sorted(run["sections"]["test"])[0]
+  rows = table[(table["section"].astype(str) == str(section)) & (table["split"] == "test")]
+  names = sorted(set(table["region"]) | set(table["predicted"]))
+  code = lambda col: np.asarray([names.index(v) for v in rows[col]])  # noqa: E731
+  best = run["best_baseline"]
+  acc = lambda col: float(np.mean(rows[col] == rows["region"]))  # noqa: E731
+  panels = [("true region", code("region"), names),
+            (f"model ({acc('predicted'):.3f})", code("predicted"), names),
+            (f"logreg_spot ({acc('pred_logreg_spot'):.3f})", code("pred_logreg_spot"), names)]
+  if best != "logreg_spot":
+    panels.append((f"{best}, best on val ({acc('pred_' + best):.3f})", code("pred_" + best),
+                   names))
+  panels.append(("model confidence", rows["confidence"].to_numpy(), None))
+  viz.plot_section_maps(rows[["x", "y"]].to_numpy(), panels,
+                        f"held-out section {section} (seed {run['seed']})", path=path)
+  return path
 
 
-def summarise(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
-  """Mean ± std over seeds per method, and pooled paired differences against the model."""
-  names = list(per_seed[0]["methods"])
-  out: dict[str, Any] = {"methods": {}, "seeds": len(per_seed),
-                         "n_test_spots": [r["n_test_spots"] for r in per_seed]}
-  for name in names:
-    vals = {k: [r["methods"][name][k] for r in per_seed]
-            for k in ("val_acc", "test_acc", "test_macro_f1", "seconds")}
-    out["methods"][name] = {k: common.mean_std(v) for k, v in vals.items()}
-    out["methods"][name]["per_seed_test_acc"] = vals["test_acc"]
-  versus = {}
-  for label, pick in (("per_spot", lambda r: "logreg_spot"),
-                      ("best_on_val", lambda r: r["best_baseline"])):
-    diff = regions.paired_difference(
-        np.concatenate([r["correct"]["model"] for r in per_seed]),
-        np.concatenate([r["correct"][pick(r)] for r in per_seed]))
-    seed_diffs = [r["methods"]["model"]["test_acc"] - r["methods"][pick(r)]["test_acc"]
-                  for r in per_seed]
-    versus[label] = {**diff, "baselines": [pick(r) for r in per_seed],
-                     "per_seed": seed_diffs, "seed_std": float(np.std(seed_diffs))}
-  out["versus"] = versus
-  out["best_baseline"] = [r["best_baseline"] for r in per_seed]
-  out["sequence_test_acc"] = common.mean_std([r["sequence_test_acc"] for r in per_seed])
-  return out
-
-
-def markdown(results: dict[str, Any], meta: dict[str, Any]) -> str:
-  """docs/results/spatial.md from the benchmark's JSON."""
-  lines = ["# Spatial regions: held-out sections, the sequence model against every baseline",
-           "", f"Machine: {meta['machine']}; date {meta['date']}; command: `{meta['command']}`.",
-           "", "Written by `cardiac_jax/studies/regions_benchmark.py`. Every method is scored "
-           "on the same spots: every spot of the held-out test sections (per spot, the "
-           f"model averages {meta['predict_walks']} walks). Accuracy and macro-F1 are mean ± "
-           "std over the seeds; a seed changes the data, the held-out sections and the walks. "
-           "The differences are paired over the seeds' pooled test spots (± 2 SE over spots; "
-           "neighbouring spots are correlated, so this band is narrower than the truth: the "
-           "seeds' spread of the difference is given beside it). Seconds: the model's whole "
-           "run (data, training, its report and every baseline in it); each baseline's own fit.",
-           "", f"Config: {meta['config_note']}", ""]
-  for bed, res in results.items():
-    lines += [f"## {bed} ({res['seeds']} seeds, test spots per seed {res['n_test_spots']})", ""]
-    rows = []
-    for name, m in res["methods"].items():
-      label = "sequence model" if name == "model" else name
-      rows.append([label, m["val_acc"], m["test_acc"], m["test_macro_f1"],
-                   f"{m['seconds'][0]:.0f}"])
-    lines += common.table(["method", "val acc", "test acc", "test macro-F1", "seconds"], rows)
-    lines.append("")
-    for label, v in res["versus"].items():
-      lines.append(f"- model − {label.replace('_', ' ')} ({', '.join(sorted(set(v['baselines'])))}): "
-                   f"{v['diff']:+.4f} ± {2 * v['se']:.4f} (2 SE over {v['n']} spots); per seed "
-                   + ", ".join(f"{d:+.4f}" for d in v["per_seed"]))
-    lines.append(f"- best baseline on validation per seed: {', '.join(res['best_baseline'])}")
-    seq = res["sequence_test_acc"]
-    lines.append(f"- the model per sequence (one walk per test spot): {common.fmt(seq)}")
-    if res.get("map"):
-      lines += ["", f"Maps of held-out section {res['map_section']} (seed 0): predicted "
-                "region, confidence, true region.", "", f"![{bed}]({res['map']})"]
-    lines.append("")
+def markdown(summary: dict[str, Any]) -> str:
+  """The results page: machine and date once, then per data set its tables and map."""
+  lines = ["# Spatial regions: the sequence model against every baseline on held-out sections",
+           "", f"Written by `{summary['command']}` on {summary['date']}; machine: "
+           f"{summary['machine']} ({summary['cpus']} cores{summary['shared_note']}).", "",
+           "Each row: mean ± std over seeds " + ", ".join(str(s) for s in summary["seeds"]) +
+           " (one data draw, split and training seed each); every method on the same "
+           "held-out sections and spots. The model is the sequence classifier of "
+           "`configs/spatial.py` (walks ending at each spot, probabilities averaged over "
+           "`predict_walks` walks); baselines in `cardiac_jax/region_baselines.py`. Wall "
+           "time: the model's training epochs plus its predictions of every held-out spot; "
+           "a baseline's fit, tuning and scoring (data set build excluded, shared).", ""]
+  for bed, s in summary["beds"].items():
+    runs = s["runs"]
+    lines += [f"## {BED_TITLES[bed]}", "",
+              f"{runs[0]['spots']:,} spots in 5 sections per seed (seed 0); held out per "
+              "seed: " + "; ".join(f"seed {r['seed']}: val {r['sections']['val']}, test "
+                                   f"{r['sections']['test']} ({r['n_test_spots']:,} test spots)"
+                                   for r in runs) + ".", ""]
+    rows = [[m, s["summary"]["methods"][m]["val_acc"], s["summary"]["methods"][m]["test_acc"],
+             s["summary"]["methods"][m]["test_macro_f1"],
+             common.fmt(s["summary"]["methods"][m]["seconds"], 0)] for m in METHODS]
+    lines += common.table(["method", "val acc", "test acc", "test macro-F1", "wall s"], rows)
+    lines += ["", "Paired per-spot differences in test accuracy (± 2 SE over spots; pooled: "
+              "mean over seeds, SE = sqrt(Σ SE²)/K; std = the seeds' spread):", ""]
+    header = (["difference"] + [f"seed {r['seed']}" for r in runs] +
+              ["pooled ± 2 SE", "std over seeds"])
+    diff_rows = []
+    for key, label in (("logreg_spot", "model − logreg_spot"),
+                       ("best_on_val", "model − best on validation")):
+      cells = [label]
+      for r in runs:
+        d = r["vs"][key]
+        name = f" ({d['baseline']})" if key == "best_on_val" else ""
+        cells.append(f"{d['diff']:+.4f} ± {2 * d['se']:.4f}{name}")
+      p = s["summary"]["vs_" + ("logreg_spot" if key == "logreg_spot" else "best_on_val")]
+      cells += [f"{p['diff']:+.4f} ± {2 * p['se']:.4f}", f"{p['seeds_std']:.4f}"]
+      diff_rows.append(cells)
+    lines += common.table(header, diff_rows)
+    v = s["summary"]
+    lines += ["", f"- Above the per-spot logistic regression by more than 2 SE: "
+              f"**{'yes' if v['above_logreg_spot_by_2se'] else 'no'}** "
+              f"({v['vs_logreg_spot']['diff']:+.4f} vs 2 SE {2 * v['vs_logreg_spot']['se']:.4f}).",
+              f"- At least the baseline best on validation: "
+              f"**{'yes' if v['at_least_best_on_val'] else 'no'}** "
+              f"({v['vs_best_on_val']['diff']:+.4f} ± {2 * v['vs_best_on_val']['se']:.4f}; "
+              f"best on validation per seed: {', '.join(v['best_on_val'])}).", ""]
+    if s.get("map"):
+      lines += [f"![{bed} held-out section]({os.path.basename(s['map'])})", ""]
+  lines += summary.get("notes", [])
   return "\n".join(lines) + "\n"
 
 
-def run_bed(config: ml_collections.ConfigDict, bed: str, seeds: Sequence[int],
-            workdir: str, simspace: str, out: str) -> dict[str, Any]:
-  """Trains (or reuses) one run per seed on one bed and summarises them."""
-  from cardiac_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  per_seed = []
-  for seed in seeds:
-    cfg = bed_config(config, bed, seed, simspace)
-    wd = os.path.join(workdir, bed, f"seed{seed}")
-    report = runs.train_or_reuse(cfg, wd, input_pipeline.load_dataset(cfg))
-    per_seed.append(_run_rows(wd, report))
-    per_seed[-1]["workdir"] = wd
-  res = summarise(per_seed)
-  first = per_seed[0]
-  if first["maps"]:
-    name, fname = next(iter(first["maps"].items()))
-    target = f"{out}_{bed}.png"
-    shutil.copyfile(os.path.join(first["workdir"], "plots", fname), target)
-    res["map"], res["map_section"] = os.path.basename(target), name.replace("regions_", "")
-  return res
+def define_flags() -> None:
+  """The script's flags (defined here, not at import)."""
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (data draw, split, walks, training).")
+  flags.DEFINE_list("beds", list(BEDS), "Data sets: embedded, simspace.")
+  flags.DEFINE_string("simspace_bed", "/work/data/simspace_bed_seed{seed}.h5ad",
+                      "Path pattern of the pre-built SimSpace beds ({seed} is replaced).")
+  flags.DEFINE_string("workdir", "runs/regions_bench", "Where the runs go (one per bed, seed).")
+  flags.DEFINE_string("out", "docs/results/spatial",
+                      "Results path without extension: .md, .json and <out>_<bed>_map.png.")
+  flags.DEFINE_string("notes", "", "A markdown file appended to the results page (the "
+                      "discussion; its numbers are the reader's to check against the tables).")
+  flags.DEFINE_bool("shared_machine", False, "Say on the page that the cores were shared.")
+  flags.DEFINE_string("variant", "", "configs/spatial.py's variant ('quick': a smoke run).")
 
 
 def main(argv: Sequence[str]) -> None:
   del argv
-  started = time.time()
-  config = FLAGS.config
   seeds = [int(s) for s in FLAGS.seeds]
-  results = {}
+  out = pathlib.Path(FLAGS.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  summary: dict[str, Any] = {
+      "command": "python experiments/regions_benchmark.py " + " ".join(
+          shlex.quote(a) for a in sys.argv[1:]),
+      "date": datetime.date.today().isoformat(), "machine": common.cpu_model(),
+      "cpus": os.cpu_count(), "seeds": seeds,
+      "shared_note": ", shared with another engineer's benchmarks" if FLAGS.shared_machine
+                     else "", "beds": {}}
   for bed in FLAGS.beds:
-    if bed == "simspace" and not FLAGS.simspace:
-      raise flags.ValidationError("--simspace=<h5ad with {seed}> is needed for the SimSpace bed")
-    results[bed] = run_bed(config, bed, seeds, FLAGS.workdir, FLAGS.simspace, FLAGS.out)
-  meta = {"machine": common.cpu_model(), "date": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                 time.gmtime()),
-          "command": "python experiments/regions_benchmark.py " + " ".join(
-              a for a in sys.argv[1:]),
-          "predict_walks": int(config.data.spatial.predict_walks),
-          "config_note": (f"configs/spatial.py with walks_per_spot="
-                          f"{config.data.spatial.walks_per_spot}, num_epochs="
-                          f"{config.train.num_epochs}, length {config.data.sequences.length}; "
-                          f"baselines: {', '.join(region_baselines.BASELINES)}"),
-          "wall_seconds": time.time() - started}
-  for bed, res in results.items():
-    logging.info("%s: model %s vs best-on-val %s", bed, res["methods"]["model"]["test_acc"],
-                 res["versus"]["best_on_val"])
-  common.write_json(f"{FLAGS.out}.json", {"meta": meta, "beds": results})
-  fileio.atomic_write_text(f"{FLAGS.out}.md", markdown(results, meta))
-  print(f"wrote {FLAGS.out}.md")
+    runs = []
+    for seed in seeds:
+      logging.info("regions benchmark: %s seed %d", bed, seed)
+      runs.append(run_one(bed, seed, FLAGS.simspace_bed,
+                          os.path.join(FLAGS.workdir, bed, f"seed{seed}"), FLAGS.variant))
+    summary["beds"][bed] = {"runs": runs, "summary": summarise(runs),
+                            "map": write_map(runs[0], f"{out}_{bed}_map.png")}
+  if FLAGS.notes:
+    summary["notes"] = pathlib.Path(FLAGS.notes).read_text().splitlines()
+  common.write_json(f"{out}.json", summary)
+  text = markdown(summary)
+  fileio.atomic_write_text(f"{out}.md", text)
+  print(text)
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
   define_flags()
   app.run(main)
