@@ -71,7 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
   data.spatial.test_sections = ()
   data.spatial.walks_per_spot = 4        # training walks ending at each training spot
   data.spatial.predict_walks = 8         # walks per held-out spot, probabilities averaged
-  data.spatial.self_avoiding = False     # walks step to spots not yet on them when they can
+  data.spatial.restart = 0.0             # a walk's chance per step to return to its end spot
   data.spatial.distance_feature = False  # a step's distance to the end spot as its time feature
   data.spatial.n_sections = 5            # section simulator only
   data.spatial.spots_per_section = 3_000  # section simulator only (approximate: hex grid)

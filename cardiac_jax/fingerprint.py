@@ -65,7 +65,7 @@ ADDED_FIELDS = {
     "data.spatial.predict_walks": 8,
     "data.spatial.n_sections": 5,
     "data.spatial.spots_per_section": 3_000,
-    "data.spatial.self_avoiding": False,
+    "data.spatial.restart": 0.0,
     "data.spatial.distance_feature": False,
 }
 

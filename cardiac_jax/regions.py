@@ -107,7 +107,7 @@ def report(run: Any, state: Any, workdir: str, results: dict[str, Any]) -> None:
   sources = [data_regions.walk_sources(unit, rows[name], length=run.dataset.length,
                                        n_walks=n_walks, seed=int(config.seed),
                                        stream=splits_lib.SPLIT_IDS[name],
-                                       self_avoiding=bool(sp_cfg.self_avoiding))
+                                       restart=float(sp_cfg.restart))
              for name in held]
   start = time.perf_counter()
   for name, p in zip(held, walk_probabilities(
@@ -301,7 +301,7 @@ def predict(adata: Any, model: Any, *, section_key: str = "", counts_layer: str 
   sp_cfg = model.config.data.spatial
   src = data_regions.walk_sources(unit, np.arange(kept.size), length=model.length,
                                   n_walks=walks, seed=seed,
-                                  self_avoiding=bool(sp_cfg.get("self_avoiding", False)))
+                                  restart=float(sp_cfg.get("restart", 0.0)))
   kept_pcs = pcs[kept]
   probs = np.full((adata.n_obs, len(names)), np.nan, np.float32)
   bar = progress_lib.bar(kept.size, desc="predict", unit="spots", progress=progress)

@@ -92,8 +92,13 @@ def test_neighbours_never_cross_sections_that_share_coordinates(adata):
   adj = data_regions.split_adjacency(unit, np.zeros(both.n_obs, np.int8)).tocoo()
   assert adj.nnz > 4 * both.n_obs                          # a real hex graph (~6 each)
   assert (section[adj.row] == section[adj.col]).all()
-  src = data_regions.walk_sources(unit, np.arange(both.n_obs), length=12, n_walks=3, seed=0)
-  assert (section[src] == section[src[..., -1:]]).all()
+  reach = {}
+  for restart in (0.0, 0.3):
+    src = data_regions.walk_sources(unit, np.arange(both.n_obs), length=12, n_walks=3, seed=0,
+                                    restart=restart)
+    assert (section[src] == section[src[..., -1:]]).all()
+    reach[restart] = np.linalg.norm(unit[src[..., 0]] - unit[src[..., -1]], axis=-1).mean()
+  assert reach[0.3] < 0.8 * reach[0.0]      # restarts keep a walk near its spot
 
 
 def test_walk_probabilities_predict_every_request_in_one_call():

@@ -220,7 +220,7 @@ def split_graph(unit_coords: np.ndarray, labels: np.ndarray, rows: np.ndarray
 
 
 def walk_sources(unit_coords: np.ndarray, rows: np.ndarray, *, length: int, n_walks: int,
-                 seed: int, stream: int = 0, self_avoiding: bool = False) -> np.ndarray:
+                 seed: int, stream: int = 0, restart: float = 0.0) -> np.ndarray:
   """``n_walks`` walks ending at each of ``rows``, among ``rows``' spots only.
 
   The walks run over ``split_graph(rows)`` in blocks of ``BLOCK_SPOTS`` anchors
@@ -240,7 +240,7 @@ def walk_sources(unit_coords: np.ndarray, rows: np.ndarray, *, length: int, n_wa
     for w in range(n_walks):
       out[w, local] = sequences.walk(graph, local, length,
                                      np.random.default_rng([seed, stream, b, w]),
-                                     temporal=False, self_avoiding=self_avoiding)
+                                     temporal=False, restart=restart)
   return out
 
 
@@ -450,7 +450,7 @@ def build(data_cfg: Any, stage: stages_lib.Stages, preprocessor_path: pathlib.Pa
       rows = np.flatnonzero(spot_split == s)
       src = walk_sources(unit, rows, length=length, n_walks=per_spot,
                          seed=int(seq_cfg.seed), stream=s,
-                         self_avoiding=bool(sp_cfg.self_avoiding)).reshape(-1, length)
+                         restart=float(sp_cfg.restart)).reshape(-1, length)
       parts.append((src, sections.labels[src[:, -1]], np.full(len(src), s, np.int8)))
       logging.info("regions: %s: %d walks ending at %d spots", name, len(src), rows.size)
   with stage("assemble"):
@@ -466,7 +466,7 @@ def build(data_cfg: Any, stage: stages_lib.Stages, preprocessor_path: pathlib.Pa
         "walk": {"length": length, "neighbours": sequences.SPATIAL_NEIGHBOURS,
                  "radius_pitches": sequences.SPATIAL_RADIUS, "section_gap": SECTION_GAP,
                  "walks_per_spot": walks_per_spot,
-                 "self_avoiding": bool(sp_cfg.self_avoiding),
+                 "restart": float(sp_cfg.restart),
                  "distance_feature": bool(sp_cfg.distance_feature)},
         "spots_per_split": spots_per_split,
     }

@@ -221,32 +221,18 @@ def _pick(table: np.ndarray, count: np.ndarray, cur: np.ndarray,
   return table[cur, j]
 
 
-def _pick_fresh(table: np.ndarray, count: np.ndarray, cur: np.ndarray, visited: np.ndarray,
-                rng: np.random.Generator) -> np.ndarray:
-  """One uniform draw among the valid neighbours of each current item that are not in
-  its ``visited`` (n, v) items; among all valid ones where every one was visited."""
-  cand = table[cur]                                                  # (n, k)
-  valid = np.arange(table.shape[1])[None, :] < count[cur][:, None]
-  fresh = valid & ~(cand[:, :, None] == visited[:, None, :]).any(axis=2)
-  pool = np.where(fresh.any(axis=1, keepdims=True), fresh, valid)
-  cum = np.cumsum(pool, axis=1)
-  r = (rng.random(cur.size) * cum[:, -1]).astype(np.int64)
-  return cand[np.arange(cur.size), np.argmax(cum > r[:, None], axis=1)]
-
-
 def walk(graph: WalkGraph, anchors: np.ndarray, length: int,
-         rng: np.random.Generator, temporal: bool = True,
-         self_avoiding: bool = False) -> np.ndarray:
+         rng: np.random.Generator, temporal: bool = True, restart: float = 0.0) -> np.ndarray:
   """Walks backwards from the anchors and returns forward-ordered global rows.
 
   Temporal walks step to a previous-day neighbour whenever the current cell's day
   is later than the step's target day (see ``step_times``), otherwise to a
   same-day neighbour. If the target day has no cells in the split, the walk has
   already skipped to the nearest earlier populated day and stays there. Spatial
-  walks always use the spot neighbour table; ``self_avoiding`` spatial walks step
-  to a spot not yet on the walk whenever one is next to them (a plain random walk
-  on a hex grid spends half its steps on spots it has seen: 16 steps cover ~8
-  spots, a self-avoiding one 16, reaching further out).
+  walks always use the spot neighbour table; with ``restart`` > 0 a spatial step
+  returns to the anchor with that probability instead (a random walk with
+  restart: its visits concentrate within a few hops of the anchor, each hop's
+  spots sampled again and again, rather than drifting away like a plain walk).
 
   Returns:
     (n, length) int64 global rows; column length - 1 is the anchor.
@@ -261,8 +247,9 @@ def walk(graph: WalkGraph, anchors: np.ndarray, length: int,
   target = step_times(graph.time_index[anchors], length) if temporal else None
   for s in range(length - 2, -1, -1):      # one vectorised update per step
     if not temporal:
-      cur = (_pick_fresh(graph.same, graph.same_count, cur, path[:, s + 1:], rng)
-             if self_avoiding else _pick(graph.same, graph.same_count, cur, rng))
+      cur = _pick(graph.same, graph.same_count, cur, rng)
+      if restart > 0:
+        cur = np.where(rng.random(n) < restart, anchors, cur)
       path[:, s] = cur
       continue
     go_back = (graph.time_index[cur] > target[:, s]) & graph.has_prev[cur]
