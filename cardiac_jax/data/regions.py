@@ -25,12 +25,17 @@ that leads to it. Pipeline (``build``, the builder of ``config.data.task =
    put in spot pitches per section and the sections are laid side by side
    ``SECTION_GAP`` pitches apart (``pitch_coords``), so neighbours never cross
    sections, whatever their x/y.
-5. Sequences: ``walks_per_spot`` random walks (``sequences.walk``) ENDING at each
-   training spot, one ending at each validation / test spot; the label is the
-   end spot's region. The spot tables (``SequenceDataset.tables``: PCs, section,
-   coordinates, region, split) let the report (``cardiac_jax.regions``) walk
-   again from every held-out spot ``data.spatial.predict_walks`` times and
-   average, as prediction on a new section does.
+5. Sequences (``walk_sources``, ``walk_features``): ``walks_per_spot`` random
+   walks (``sequences.walk``) ENDING at each training spot, one ending at each
+   validation / test spot; the label is the end spot's region. With
+   ``data.spatial.restart`` > 0 a walk returns to its spot with that chance per
+   step, so its steps sample the first few rings again and again instead of
+   drifting away; with ``data.spatial.distance_feature`` a step's time feature is
+   its distance to the end spot (a constant otherwise). The spot tables
+   (``SequenceDataset.tables``: PCs, section, coordinates, region, split) let the
+   report (``cardiac_jax.regions``) walk again from every held-out spot
+   ``data.spatial.predict_walks`` times and average, as prediction on a new
+   section does.
 """
 from __future__ import annotations
 
