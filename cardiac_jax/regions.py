@@ -28,6 +28,7 @@ import numpy as np
 
 from cardiac_jax import evaluation
 from cardiac_jax import fileio
+from cardiac_jax import monitor
 from cardiac_jax import progress as progress_lib
 from cardiac_jax import query
 from cardiac_jax import region_baselines
@@ -89,6 +90,12 @@ def spot_scores(labels: np.ndarray, probs: np.ndarray, rows: np.ndarray,
                                            class_names)
 
 
+def spot_loss(labels: np.ndarray, probs: np.ndarray) -> float:
+  """Mean cross-entropy of the spots' averaged probabilities."""
+  picked = np.clip(probs[np.arange(labels.size), labels], 1e-12, None)
+  return float(-np.mean(np.log(picked)))
+
+
 def report(run: Any, state: Any, workdir: str, results: dict[str, Any]) -> None:
   """Scores every held-out spot and the baselines on them; updates ``results`` in place.
 
@@ -102,7 +109,7 @@ def report(run: Any, state: Any, workdir: str, results: dict[str, Any]) -> None:
   n_walks = int(config.data.spatial.predict_walks)
   probs = np.full((labels.size, len(names)), np.nan, np.float32)
   rows = {name: np.flatnonzero(split == sid) for name, sid in splits_lib.SPLIT_IDS.items()}
-  held = ("val", "test")
+  held = splits_lib.SPLITS      # training spots too: the gaps are then spot-level as well
   sp_cfg = config.data.spatial
   sources = [data_regions.walk_sources(unit, rows[name], length=run.dataset.length,
                                        n_walks=n_walks, seed=int(config.seed),
@@ -115,7 +122,8 @@ def report(run: Any, state: Any, workdir: str, results: dict[str, Any]) -> None:
       distance=bool(sp_cfg.distance_feature))):
     probs[rows[name]] = p
   predict_seconds = time.perf_counter() - start
-  scores = {name: spot_scores(labels, probs, rows[name], names) for name in ("val", "test")}
+  scores = {name: spot_scores(labels, probs, rows[name], names) for name in held}
+  loss = {name: spot_loss(labels[rows[name]], probs[rows[name]]) for name in held}
   adj = data_regions.split_adjacency(unit, split)
   base, base_probs = region_baselines.run_baselines(pcs, labels, split, adj, names,
                                                     seed=int(config.seed))
@@ -125,12 +133,17 @@ def report(run: Any, state: Any, workdir: str, results: dict[str, Any]) -> None:
   versus = {name: paired_difference(model_correct, np.argmax(p[test], 1) == labels[test])
             for name, p in base_probs.items()}
 
-  keep = ("test_acc", "test_loss", "macro_f1", "val_acc", "val_loss", "num_test",
-          "per_class", "confusion", "val_test_diff")
+  keep = ("train_acc", "train_loss", "test_acc", "test_loss", "macro_f1", "val_acc",
+          "val_loss", "acc_gap", "loss_gap", "num_test", "per_class", "confusion",
+          "val_test_diff")
   results["sequence_level"] = {k: results[k] for k in keep if k in results}
   results.update(
       headline=(f"per spot: every spot of the held-out split, {n_walks} walks each, "
                 "probabilities averaged"),
+      train_acc=scores["train"]["accuracy"], train_loss=loss["train"],
+      val_loss=loss["val"], test_loss=loss["test"],
+      **monitor.gaps(scores["train"]["accuracy"], scores["val"]["accuracy"], loss["train"],
+                     loss["val"]),
       test_acc=scores["test"]["accuracy"], test_macro_f1=scores["test"]["macro_f1"],
       macro_f1=scores["test"]["macro_f1"], val_acc=scores["val"]["accuracy"],
       val_macro_f1=scores["val"]["macro_f1"], n_test_spots=int(test.size),
@@ -159,9 +172,10 @@ def _markdown(results: dict[str, Any]) -> list[str]:
            f"The accuracy and macro-F1 at the top are {results['headline']} "
            f"("
            f"{results['n_test_spots']} test spots, {results['n_val_spots']} validation spots). "
-           f"The training accuracy and the gaps are per sequence; per sequence (one walk per "
-           f"held-out spot) the test accuracy is "
-           f"{seq.get('test_acc', float('nan')):.4f}, validation {seq.get('val_acc', float('nan')):.4f}.",
+           f"The training accuracy, the losses and the gaps are per spot too (training "
+           f"spots walked among the training sections); per sequence (one walk per spot) "
+           f"the test accuracy is {seq.get('test_acc', float('nan')):.4f}, validation "
+           f"{seq.get('val_acc', float('nan')):.4f}, training {seq.get('train_acc', float('nan')):.4f}.",
            "", "| method | val acc | test acc | test macro-F1 | test acc - baseline (± 2 SE, "
            "paired over spots) |", "|---|---|---|---|---|",
            f"| sequence model | {results['val_acc']:.4f} | {results['test_acc']:.4f} | "
