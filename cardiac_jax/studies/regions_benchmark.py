@@ -18,8 +18,8 @@ report scores the model and every baseline on the same held-out spots
 (``regions.report``).
 
 Statistics. Per method, the mean ± std over seeds of the test accuracy and macro-F1,
-and the wall time (the model: its training epochs plus predicting every held-out
-spot; a baseline: its fit, tuning and scoring). The paired per-spot differences
+and the wall time (the model: its training epochs plus predicting every spot of the
+report; a baseline: its fit, tuning and scoring). The paired per-spot differences
 (model − ``logreg_spot``; model − the baseline best on VALIDATION in that seed) come
 from each run's ``vs_baselines`` (mean of d_i = correct_model,i − correct_base,i over
 the test spots, SE = sd(d) / sqrt(n)) and are pooled over the K seeds as the mean
@@ -154,7 +154,8 @@ def markdown(summary: dict[str, Any]) -> str:
            "held-out sections and spots. The model is the sequence classifier of "
            "`configs/spatial.py` (walks ending at each spot, probabilities averaged over "
            "`predict_walks` walks); baselines in `cardiac_jax/region_baselines.py`. Wall "
-           "time: the model's training epochs plus its predictions of every held-out spot; "
+           "time: the model's training epochs plus predicting every spot of the report (training "
+           "and held-out, 8 walks each, one call); "
            "a baseline's fit, tuning and scoring (data set build excluded, shared).", ""]
   for bed, s in summary["beds"].items():
     runs = s["runs"]
