@@ -25,11 +25,13 @@ from cardiac_jax import report as report_lib
 from cardiac_jax import run as run_lib
 from cardiac_jax import steps
 from cardiac_jax.data import clonal
-from cardiac_jax.data import sequences
 from cardiac_jax.data import splits as splits_lib
 from cardiac_jax.data.errors import DataError
 
 PREDICTIONS_CSV = "clone_predictions.csv"
+# Every held-out clone's reading by every method at every observation day (long format),
+# so that studies can pool clones over rotations and compare methods on the same clones.
+SCORES_CSV = "clone_scores_by_day.csv"
 PredictFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -52,8 +54,8 @@ def clone_probabilities(predict_fn: PredictFn, cell_pcs: np.ndarray, cell_time: 
     srcs.append(src)
     masks.append(mask)
   src, mask = np.concatenate(srcs), np.concatenate(masks)
-  x = sequences.assemble_features(cell_pcs, src, sequences.time_feature(cell_time, n_times), 0)
-  probs = predict_fn(x, mask)
+  probs = predict_fn(clonal.sequence_features(cell_pcs, cell_time, cell_clone, src, n_times),
+                     mask)
   out, start = [], 0
   for clones, _ in requests:
     n = len(clones) * draws
@@ -114,6 +116,7 @@ def report(run: run_lib.Run, state: steps.TrainState, workdir: str,
   results["sections_md"] = _markdown(summary, names)
   results["unit_plots"] = _plots(workdir, summary, model_probs, cells, names, time_labels)
   _write_predictions(workdir, ds, cells, model_probs, last, names)
+  _write_scores_by_day(workdir, ds, cells, model_probs, base, names)
   logging.info("clones: test AUC %s, acc %.4f on %d clones (every early cell); per day %s",
                results["test_auc"], results["test_acc"], results["n_test_clones"],
                {time_labels[d]: per_day[d]["test"]["auc"] for d in days})
@@ -228,6 +231,29 @@ def _write_predictions(workdir: str, ds: Any, cells: Any, model_probs: dict, las
                               split=split, true=cells.label[clones]))
   table = pd.concat(frames, ignore_index=True)
   fileio.atomic_write_text(os.path.join(workdir, PREDICTIONS_CSV), table.to_csv(index=False))
+
+
+def _write_scores_by_day(workdir: str, ds: Any, cells: Any, model_probs: dict, base: dict,
+                         names: list[str]) -> None:
+  """``clone_scores_by_day.csv``: clone, split, day, method, true, p_<fate> for every
+  validation and test clone, observation day and method (the model and each baseline)."""
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  clone_names = np.asarray(ds.tables["clone_names"]).astype(str)
+  time_labels = ds.meta["time_labels"]
+  frames = []
+  for split in ("val", "test"):
+    for day in cells.days:
+      readings = {"model": model_probs[(split, day)]}
+      readings.update({n: b["probs"][split][day] for n, b in base.items()})
+      for method, (clones, probs) in readings.items():
+        frame = pd.DataFrame({"clone": clone_names[clones], "split": split,
+                              "day": time_labels[day], "method": method,
+                              "true": np.asarray(names, dtype=object)[cells.label[clones]]})
+        for k, name in enumerate(names):
+          frame[f"p_{name}"] = np.asarray(probs)[:, k]
+        frames.append(frame)
+  fileio.atomic_write_text(os.path.join(workdir, SCORES_CSV),
+                           pd.concat(frames, ignore_index=True).to_csv(index=False))
 
 
 def clone_table(clones: np.ndarray, probs: np.ndarray, cells: Any, names: list[str],

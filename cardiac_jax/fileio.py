@@ -84,3 +84,11 @@ def save_figure(fig: Any, path: PathLike, dpi: int = 110) -> pathlib.Path:
   if pyplot is not None:
     pyplot.close(fig)     # a no-op for figures pyplot does not manage
   return atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_h5ad(adata: Any, path: PathLike) -> pathlib.Path:
+  """Writes an AnnData as ``.h5ad`` atomically (a reader never sees half a file)."""
+  path = pathlib.Path(path)
+  with atomic_path(path) as tmp:
+    adata.write_h5ad(tmp)
+  return path

@@ -38,11 +38,14 @@ def get_config(arg=None):
   config.data.clonal.eval_draws = 8        # draws averaged per clone when scoring / predicting
   config.data.fate_classes = ()            # the two-class score is the clone-level one here
   config.model.positions = "none"
-  config.model.width = 64
-  config.model.depth = 2
+  # One block of width 32: ~1,100 training clones overfit width 64 x 2 blocks by epoch 2;
+  # the smaller model read validation clones as well or better at every observation day
+  # (embedded simulator, seed 0, rotation 0) in a fifth of the time.
+  config.model.width = 32
+  config.model.depth = 1
   config.train.batch_size = 32
-  config.train.num_epochs = 30
+  config.train.num_epochs = 15
   config.train.first_cycle_epochs = 10.0
   config.train.ramp_epochs = 10.0
-  config.train.early_stopping_patience = 8
+  config.train.early_stopping_patience = 4
   return config_lib.variant(config, arg)

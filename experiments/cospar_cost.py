@@ -12,7 +12,9 @@ barcodes removed before CoSpar runs, `cospar_peer.mask_clones`). Each method
 run: cells, wall seconds and peak RSS of CoSpar's process, the fraction of
 held-out early cells the map reaches, and the held-out clones' AUC of
 `cospar_peer.clone_scores` (mean P(fates[1]) over each clone's early cells)
-against the clone label. Writes <out>.json and <out>.md.
+against the clone label; the bed's per-cell logistic regression on the same split
+(`lineage_testbed.holdout_auc`). Writes <out>.json and <out>.md; the runs of
+2026-12-04 are in docs/results/cospar_cost.md.
 """
 from __future__ import annotations
 

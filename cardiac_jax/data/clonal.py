@@ -47,8 +47,13 @@ from cardiac_jax.data import stages as stages_lib
 from cardiac_jax.data.errors import DataError
 
 # Bump when the code changes what a given config produces (cache key).
-CODE_VERSION = "clonal-v1"
+CODE_VERSION = "clonal-v2"   # v2: the clone-size feature
 NO_CLONE = -1
+# The last feature of a step (the modality flag elsewhere, constant here) carries how many
+# of the clone's cells were sampled on that step's day: log(1 + n) / log(1 + SIZE_SCALE).
+# A sequence holds at most ``length`` cells and the model pools them by a mean, so without
+# it the clone's size per day (heritable, and read by the pooled baselines) would be lost.
+SIZE_SCALE = 100.0
 UNLABELLED = -1      # a clone's split / label when it has no fate-day cell
 
 
@@ -247,6 +252,19 @@ def clone_sequences(cell_clone: np.ndarray, cell_time: np.ndarray, unit_clone: n
   return src, mask
 
 
+def sequence_features(cell_pcs: np.ndarray, cell_time: np.ndarray, cell_clone: np.ndarray,
+                      src: np.ndarray, n_times: int) -> np.ndarray:
+  """(U, L, n_pcs + 2) features of clone sequences: per step the cell's PCs, its day in
+  [0, 1] and the clone's size that day (``SIZE_SCALE``); used in training, scoring and
+  prediction alike."""
+  x = sequences.assemble_features(cell_pcs, src, sequences.time_feature(cell_time, n_times), 0)
+  counts = np.zeros((int(cell_clone.max(initial=0)) + 1, n_times), np.float32)
+  np.add.at(counts, (cell_clone, cell_time), 1.0)
+  size = np.log1p(counts[cell_clone[src], cell_time[src]]) / np.log1p(SIZE_SCALE)
+  x[..., -1] = size.astype(np.float32)
+  return x
+
+
 def units(clone_ids: np.ndarray, cell_clone: np.ndarray, cell_time: np.ndarray,
           days: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
   """Every (clone, observation day) of ``clone_ids`` with a cell up to that day."""
@@ -276,7 +294,8 @@ def task_info(data_cfg: Any, clones: Clones, time_labels: Sequence[str],
           "fate_classes": list(clones.fate_classes),
           "observation_days": [str(time_labels[d]) for d in days],
           "length": int(data_cfg.sequences.length),
-          "eval_draws": int(c.eval_draws)}
+          "eval_draws": int(c.eval_draws),
+          "last_feature": f"log(1 + the clone's cells that day) / log(1 + {SIZE_SCALE:g})"}
 
 
 def build(data_cfg: Any, stage: stages_lib.Stages, preprocessor_path: pathlib.Path | None,
@@ -334,8 +353,7 @@ def build(data_cfg: Any, stage: stages_lib.Stages, preprocessor_path: pathlib.Pa
     mask = np.concatenate([p[1] for p in parts])
     y = np.concatenate([p[2] for p in parts]).astype(np.int32)
     split = np.concatenate([p[3] for p in parts])
-    time_value = sequences.time_feature(cell_time, len(cells.time_labels))
-    x = sequences.assemble_features(pcs[early], src, time_value, 0)
+    x = sequence_features(pcs[early], cell_time, cell_clone, src, len(cells.time_labels))
     class_names = tuple(clones.fate_classes)
     info = task_info(data_cfg, clones, cells.time_labels, days)
     meta = {

@@ -64,18 +64,20 @@ fate-day cells; the per-cell logistic regression of
 pooled):
 
   bed cells | CoSpar settings                     | cells given | wall s | CPU s | peak GB | AUC   | logreg
-  1,658     | CoSpar defaults, all cells          | 1,658       |  see docs/results/cospar_cost.md
+  1,658     | CoSpar defaults, all cells          | 1,658       |   59   |   17  | 0.60    | 0.601 | 0.597 / 0.603
   1,658     | smooth (5,), map days               | 1,418       |   47   |   14  | 0.54    | 0.596 | 0.597 / 0.603
   5,087     | CoSpar defaults, all cells          | 5,087       |  230   |  107  | 2.00    | 0.620 | 0.590 / 0.592
   5,087     | smooth (5,), all cells              | 5,087       |   79   |   36  | 1.66    | 0.622 |
   5,087     | smooth (5,), map days               | 4,350       |   46   |   28  | 1.31    | 0.614 |
   5,087     | smooth (5,), map days, fate 0.5     | 2,837       |   40   |   21  | 0.89    | 0.645 |
+  10,371    | CoSpar defaults, all cells          | 10,371      | stopped above 6.8 GB RSS (our limit)
   10,371    | smooth (5,), map days               | 8,745       |  122   |   96  | 3.59    | 0.669 | 0.649 / 0.659
   10,371    | smooth (5,), map days, fate 0.5     | 5,761       |   51   |   37  | 1.96    | 0.633 |
   20,628    | smooth (5,), map days, fate 0.25    | 8,247       |  119   |   83  | 3.35    | 0.662 | 0.685 / 0.696
 
 What 20K cells cost: all 20K given to CoSpar with its defaults ~16 GB (the
-12.5 GB seen at 17K fits the same curve); map days only (17.7K) ~13 GB and
+12.5 GB seen at 17K fits the same curve; its defaults on 10.4K cells passed
+6.8 GB and were stopped); map days only (17.7K) ~13 GB and
 ~6 CPU min with smooth (5,); with ``fate_day_fraction=0.25`` (8.2K given) it
 ran in 2 min and 3.4 GB. Use ``fate_day_fraction`` to keep the cells given
 under ~11K (5 GB).

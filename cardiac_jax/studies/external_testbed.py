@@ -137,12 +137,9 @@ def simulate_time_course(tree: dict[str, Any], n_cells: int, seed: int, *,
 
 
 def write_h5ad(adata: Any, out: str | os.PathLike) -> pathlib.Path:
-  """Writes ``adata`` atomically (temp name in the same folder, then os.replace)."""
+  """Writes ``adata`` atomically (``fileio.atomic_write_h5ad``)."""
   from cardiac_jax import fileio   # pylint: disable=g-import-not-at-top
-  out = pathlib.Path(out)
-  with fileio.atomic_path(out) as tmp:
-    adata.write_h5ad(tmp)
-  return out
+  return fileio.atomic_write_h5ad(adata, out)
 
 
 def time_ordered_classes(adata: Any) -> tuple[str, ...]:
