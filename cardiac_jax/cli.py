@@ -150,6 +150,8 @@ def _predict_flags() -> None:
                         "('' = the training data's)")
     flags.DEFINE_string("clone_obsm", "", "clonal models: obsm cells x clones matrix, e.g. "
                         "X_clone (instead of --clone_key)")
+    flags.DEFINE_string("section_key", "", "region models: obs column of the sections "
+                        "('' = the training data's, e.g. library_id)")
     flags.mark_flags_as_required(["model", "input", "output"])
   _define("model", define)
 
@@ -163,7 +165,7 @@ def predict(argv: list[str]) -> None:
       f.model, f.input, f.output, csv_path=f.csv or None, plots_dir=f.plots_dir or None,
       true_key=f.true_key, time_key=f.time_key, counts_layer=f.counts_layer or None,
       n_walks=f.n_walks, seed=f.seed, population_key=f.population_key,
-      clone_key=f.clone_key, clone_obsm=f.clone_obsm)
+      clone_key=f.clone_key, clone_obsm=f.clone_obsm, section_key=f.section_key)
   for what, path in written.items():
     print(f"wrote {what}: {path}")
 

@@ -358,12 +358,12 @@ def predictions_table(adata: Any, key_added: str = "cardiac_jax") -> Any:
 
 
 def plot_predictions(adata: Any, plots_dir: str, *, key_added: str = "cardiac_jax",
-                     time_key: str = "diffday") -> dict[str, str]:
+                     time_key: str = "diffday", true_key: str = "") -> dict[str, str]:
   """P(first fate) per clone against its last observed day, and the embedding of the
   cells coloured by their clone's predicted fate."""
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   from cardiac_jax import viz  # pylint: disable=g-import-not-at-top
-  del time_key
+  del time_key, true_key
   os.makedirs(plots_dir, exist_ok=True)
   info = adata.uns[key_added]
   table = predictions_table(adata, key_added)

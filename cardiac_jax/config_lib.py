@@ -31,7 +31,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- data
   data = config.data = ml_collections.ConfigDict()
-  data.task = "snapshot"               # the builder (data.dataset.BUILDERS): snapshot | fate | clonal
+  data.task = "snapshot"               # the builder (data.dataset.BUILDERS): snapshot | fate | clonal | regions
   data.source = "simulator"            # "simulator" | "h5ad"
   data.path = ""                       # .h5ad path when source == "h5ad"
   data.counts_layer = ""               # "" = counts in X, else layers[counts_layer]
@@ -61,6 +61,20 @@ def base_config() -> ml_collections.ConfigDict:
   data.spatial.min_shared_genes = 200
   data.spatial.counts_layer = config_dict.placeholder(str)  # None = as data.counts_layer; "" = X
   data.spatial.seed = 0
+  # Spatial regions (data.task = "regions", configs/spatial.py; cardiac_jax/data/regions.py):
+  # spots of several sections, each labelled with its region; walks over the spot graph.
+  data.spatial.section_key = "section"   # obs column telling the sections apart (Visium: library_id)
+  data.spatial.region_key = "region"     # obs column of the region labels
+  data.spatial.classes = ()              # region names in label order; () = every region, by name
+  data.spatial.split = "tile"            # "tile" (tiles inside sections) | "section" (whole sections)
+  data.spatial.val_sections = ()         # section ids; () = chosen by data.split.seed (regions.py)
+  data.spatial.test_sections = ()
+  data.spatial.walks_per_spot = 4        # training walks ending at each training spot
+  data.spatial.predict_walks = 8         # walks per held-out spot, probabilities averaged
+  data.spatial.restart = 0.0             # a walk's chance per step to return to its end spot
+  data.spatial.distance_feature = False  # a step's distance to the end spot as its time feature
+  data.spatial.n_sections = 5            # section simulator only
+  data.spatial.spots_per_section = 3_000  # section simulator only (approximate: hex grid)
 
   data.preprocess = ml_collections.ConfigDict()
   data.preprocess.target_sum = 1e4

@@ -35,6 +35,7 @@ RESUMABLE_FIELDS = (
     "data.cache_dir",
     "data.fate_classes",   # scoring only
     "train.branch_gate_grid",   # chosen after training, from the best checkpoint
+    "data.spatial.predict_walks",   # scoring only (regions: walks per held-out spot)
     "monitor.",  # every monitor.* threshold
 )
 
@@ -54,6 +55,18 @@ ADDED_FIELDS = {
     "data.fate_classes": ["CM", "CF"],
     "data.task": "snapshot",
     "model.positions": "learned",
+    "data.spatial.section_key": "section",
+    "data.spatial.region_key": "region",
+    "data.spatial.classes": [],
+    "data.spatial.split": "tile",
+    "data.spatial.val_sections": [],
+    "data.spatial.test_sections": [],
+    "data.spatial.walks_per_spot": 4,
+    "data.spatial.predict_walks": 8,
+    "data.spatial.n_sections": 5,
+    "data.spatial.spots_per_section": 3_000,
+    "data.spatial.restart": 0.0,
+    "data.spatial.distance_feature": False,
 }
 
 

@@ -11,11 +11,13 @@ from typing import Any, Callable
 
 from cardiac_jax import clones
 from cardiac_jax import export as export_lib
+from cardiac_jax import regions
 from cardiac_jax import run as run_lib
 from cardiac_jax import steps
 
 # config.data.task -> its unit-level report (results are updated in place).
-UNIT_REPORTS: dict[str, Callable[..., None]] = {"clonal": clones.report}
+UNIT_REPORTS: dict[str, Callable[..., None]] = {"clonal": clones.report,
+                                                 "regions": regions.report}
 
 
 def finish_run(run: run_lib.Run, state: steps.TrainState, workdir: str,

@@ -40,13 +40,17 @@ from cardiac_jax import export as export_lib
 from cardiac_jax import fileio
 from cardiac_jax import progress as progress_lib
 from cardiac_jax import query
+from cardiac_jax import regions
 from cardiac_jax.data.errors import DataError
 
 BLOCK_CELLS = 2048          # anchors per walk/prediction block (fixes the rng streams)
 # model.info["task"] -> the predictor of a unit task (its own keys, table and plots).
-UNIT_PREDICTORS: dict[str, Callable[..., Any]] = {"clonal": clones.predict}
+UNIT_PREDICTORS: dict[str, Callable[..., Any]] = {"clonal": clones.predict,
+                                                   "regions": regions.predict}
 UNIT_TABLES = {"clonal": (clones.predictions_table, clones.PREDICTIONS_CSV,
-                          clones.plot_predictions)}
+                          clones.plot_predictions),
+               "regions": (regions.predictions_table, regions.PREDICTIONS_CSV,
+                           regions.plot_predictions)}
 
 
 def predict(adata: Any, model: Any, *, time_key: str = "diffday",
@@ -78,6 +82,10 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
       a terminal or a notebook only (``cardiac_jax.progress.enabled``).
     population_key: fate models only: the obs column of the populations ("" = the
       training data's, usually "type").
+    **unit_kwargs: a unit task's own keys (``UNIT_PREDICTORS``): clonal models
+      ``clone_key`` / ``clone_obsm``; region models (``configs/spatial.py``)
+      ``section_key``, the obs column of the sections ("" = the training data's),
+      and write the region of every spot instead (``regions.predict``).
 
   Returns:
     The annotated AnnData (``adata`` itself unless ``copy``), with
@@ -98,8 +106,8 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
   unit_predict = UNIT_PREDICTORS.get(model.info.get("task", "snapshot"))
   if unit_predict is not None:
     return unit_predict(adata, model, time_key=time_key, counts_layer=counts_layer,
-                        key_added=key_added, copy=copy, seed=seed,
-                        min_gene_fraction=min_gene_fraction, **unit_kwargs)
+                        n_walks=n_walks, key_added=key_added, copy=copy, seed=seed,
+                        min_gene_fraction=min_gene_fraction, progress=progress, **unit_kwargs)
   if n_walks < 1:
     raise DataError(f"n_walks must be >= 1, got {n_walks}")
   time_index = query.map_time_labels(query.time_column(adata, time_key), model.time_labels)
@@ -293,7 +301,7 @@ def predict_file(model_path: str | os.PathLike, input_path: str | os.PathLike,
   written = write_predictions(adata, output_path, csv_path, key_added=key, table=table)
   if plots_dir and plot is not None:
     written.update(plot(adata, plots_dir, key_added=key,
-                        time_key=kwargs.get("time_key", "diffday")))
+                        time_key=kwargs.get("time_key", "diffday"), true_key=true_key))
   elif plots_dir and adata.uns[key].get("task") == "fate":
     from cardiac_jax import viz  # pylint: disable=g-import-not-at-top
     written.update(viz.plot_fate(adata, plots_dir, key_added=key,

@@ -260,12 +260,15 @@ def _members_markdown(m: dict[str, Any]) -> list[str]:
 
 def _markdown(results: dict[str, Any]) -> str:
   yes = lambda b: "yes" if b else "no"  # noqa: E731
+  # A unit task (regions) scores units, not sequences, at the top: say so.
+  unit = str(results.get("headline", "")).split(":")[0]     # e.g. "per spot"
   lines = [
       f"# Run report: {results['config_name']}", "",
       "| metric | value |", "|---|---|",
-      f"| test accuracy | {results['test_acc']:.4f} |",
-      f"| macro-F1 (test) | {results['macro_f1']:.4f} |",
-      f"| validation accuracy (best epoch) | {results['val_acc']:.4f} |",
+      f"| test accuracy{f' ({unit})' if unit else ''} | {results['test_acc']:.4f} |",
+      f"| macro-F1 (test{f', {unit}' if unit else ''}) | {results['macro_f1']:.4f} |",
+      f"| validation accuracy (best epoch{f', {unit}' if unit else ''}) | "
+      f"{results['val_acc']:.4f} |",
       f"| training accuracy (best epoch, eval mode) | {results['train_acc']:.4f} |",
       f"| training accuracy (best epoch, running in training mode) | "
       f"{results.get('train_acc_running', float('nan')):.4f} |",

@@ -316,6 +316,55 @@ def plot_spatial(coords: np.ndarray, labels: np.ndarray, class_names: Sequence[s
   return _finish(fig, path)
 
 
+def plot_section_maps(coords: np.ndarray, panels: Sequence[tuple[str, np.ndarray,
+                                                                   Sequence[str] | None]],
+                      title: str = "", *, path: str | os.PathLike | None = None) -> Figure:
+  """One section, side by side: each panel colours its spots by one value.
+
+  Drawn as squidpy's ``spatial_scatter`` draws a section without its image:
+  filled spots at ``obsm["spatial"]``, equal aspect, y pointing down (image
+  coordinates). A panel is (title, values, class names): with class names the
+  values are int codes into them (a legend; -1 = not predicted, light grey),
+  without, numbers in [0, 1] on a colourbar (NaN light grey).
+  """
+  coords = np.asarray(coords, np.float64)
+  n = coords.shape[0]
+  fig = Figure(figsize=(5.2 * len(panels), 5.0), layout="constrained")
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(1, len(panels), squeeze=False)[0]
+  size = float(np.clip(4e4 / max(n, 1), 2.0, 40.0))
+  for ax, (name, values, class_names) in zip(axes, panels):
+    values = np.asarray(values)
+    _check_rows(name, values, n)
+    if class_names is not None:
+      colors = category_colors(class_names)
+      missing = values < 0
+      if missing.any():
+        ax.scatter(coords[missing, 0], coords[missing, 1], s=size, color="0.85",
+                   linewidths=0, rasterized=True, label=f"not predicted ({int(missing.sum())})")
+      for c, label in enumerate(class_names):
+        rows = np.flatnonzero(values == c)
+        if rows.size:
+          ax.scatter(coords[rows, 0], coords[rows, 1], s=size, color=colors[c], linewidths=0,
+                     rasterized=True, label=f"{label} ({rows.size})")
+      ax.legend(markerscale=1.5, fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.02),
+                ncol=2, frameon=False)
+    else:
+      values = values.astype(np.float64)
+      missing = ~np.isfinite(values)
+      ax.scatter(coords[missing, 0], coords[missing, 1], s=size, color="0.85", linewidths=0,
+                 rasterized=True)
+      points = ax.scatter(coords[~missing, 0], coords[~missing, 1], c=values[~missing], s=size,
+                          cmap="viridis", vmin=0.0, vmax=1.0, linewidths=0, rasterized=True)
+      fig.colorbar(points, ax=ax, shrink=0.7)
+    ax.set_aspect("equal")
+    ax.invert_yaxis()
+    ax.set(title=name, xticks=[], yticks=[])
+  if title:
+    fig.suptitle(title)
+  return _finish(fig, path)
+
+
 # ---------------------------------------------------------------- predictions on an AnnData
 
 

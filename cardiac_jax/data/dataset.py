@@ -26,6 +26,7 @@ from cardiac_jax import fileio
 from cardiac_jax import progress as progress_lib
 from cardiac_jax.data import clonal
 from cardiac_jax.data import fate
+from cardiac_jax.data import regions
 from cardiac_jax.data import sequences
 from cardiac_jax.data import snapshot
 from cardiac_jax.data import splits
@@ -35,11 +36,12 @@ from cardiac_jax.data.errors import DataError
 # config.data.task -> its builder: a module with ``CODE_VERSION`` (part of the
 # cache key), ``stages(data_cfg)`` (the progress bar's steps) and
 # ``build(data_cfg, stage, preprocessor_path, key)`` -> the SequenceDataset's fields.
-BUILDERS: dict[str, types.ModuleType] = {"snapshot": snapshot, "fate": fate, "clonal": clonal}
+BUILDERS: dict[str, types.ModuleType] = {"snapshot": snapshot, "fate": fate, "clonal": clonal,
+                                         "regions": regions}
 
 # config.data fields that do not change the cached arrays (applied after the cache).
 _NOT_IN_KEY = ("cache_dir", "fate_classes", "sequences.observed_fraction",
-               "sequences.time_shuffle")
+               "sequences.time_shuffle", "spatial.predict_walks")
 _ARRAYS = ("x", "y", "mask", "split", "modality", "source_index")
 _TABLE = "table/"   # npz key prefix of ``SequenceDataset.tables``
 
@@ -172,7 +174,7 @@ def cache_key(data_cfg: Any) -> str:
   if d.get("source") == "h5ad":
     d["path"] = _file_stamp(d.get("path", ""))
   spatial = d.get("spatial", {})
-  if spatial.get("enabled") and spatial.get("source") == "h5ad":
+  if (spatial.get("enabled") or d.get("task") == "regions") and spatial.get("source") == "h5ad":
     spatial["path"] = _file_stamp(spatial.get("path", ""))
   d["_code_version"] = builder(data_cfg).CODE_VERSION
   canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), default=str)

@@ -173,7 +173,7 @@ def _parsed_times(present: Sequence[str]) -> np.ndarray:
   return np.asarray(values)
 
 
-def _obs_column(adata: ad.AnnData, key: str, what: str) -> np.ndarray:
+def obs_column(adata: ad.AnnData, key: str, what: str) -> np.ndarray:
   if not key or key not in adata.obs.columns:
     raise DataError(f"obs has no column {key!r} for the {what}; present obs keys: "
                     f"{list(adata.obs.columns)}; set the config key to one of them")
@@ -290,7 +290,7 @@ def _take_rows_float32(csr: Any, rows: np.ndarray) -> sp.csr_matrix:
                        shape=(len(rows), n_genes))
 
 
-def _to_csr_float32(matrix: Any, rows: np.ndarray) -> sp.csr_matrix:
+def to_csr_float32(matrix: Any, rows: np.ndarray) -> sp.csr_matrix:
   """Selects ``rows`` as canonical float32 CSR without a dense copy of the whole matrix."""
   if isinstance(matrix, _CSRDataset):
     out = _take_rows_float32(matrix, rows)
@@ -332,14 +332,14 @@ def _donors(adata: ad.AnnData, data_cfg: Any) -> np.ndarray | None:
   split_cfg = config_get(data_cfg, "split", None)
   grouping = split_cfg is not None and bool(config_get(split_cfg, "group_by_donor", False))
   if donor_key and donor_key in adata.obs.columns:
-    return _obs_column(adata, donor_key, "donors (config.data.donor_key)")
+    return obs_column(adata, donor_key, "donors (config.data.donor_key)")
   if grouping:
     if not donor_key:
       raise DataError("config.data.split.group_by_donor is set but config.data.donor_key is "
                       "empty; set donor_key to the obs column naming each cell's donor, or set "
                       "group_by_donor = False")
-    _obs_column(adata, donor_key, "donors (config.data.donor_key, needed because "
-                "config.data.split.group_by_donor is set)")
+    obs_column(adata, donor_key, "donors (config.data.donor_key, needed because "
+               "config.data.split.group_by_donor is set)")
   if donor_key:
     logging.info("obs has no donor column %r: no donors, splits are by cell (obs keys: %s); "
                  "set config.data.donor_key='' to silence this", donor_key,
@@ -371,9 +371,9 @@ def prepare_cells(adata: ad.AnnData, data_cfg: Any) -> Cells:
   if set(classes) & drop:
     raise DataError(f"labels {sorted(set(classes) & drop)} are both in config.data.classes and "
                     "config.data.drop_labels; keep them in one")
-  population = _obs_column(adata, data_cfg.population_key, "population labels "
-                           "(config.data.population_key)")
-  times = _obs_column(adata, data_cfg.time_key, "time labels (config.data.time_key)")
+  population = obs_column(adata, data_cfg.population_key, "population labels "
+                          "(config.data.population_key)")
+  times = obs_column(adata, data_cfg.time_key, "time labels (config.data.time_key)")
   donors = _donors(adata, data_cfg)
 
   present = np.unique(population).tolist()
@@ -412,7 +412,7 @@ def prepare_cells(adata: ad.AnnData, data_cfg: Any) -> Cells:
   where = f"layers[{layer!r}]" if layer else "X"
   check_counts(matrix, where)
   rows = np.flatnonzero(keep)
-  counts = _to_csr_float32(matrix, rows)
+  counts = to_csr_float32(matrix, rows)
   labels = _index_of(kept_pop, classes)
   logging.info("prepared %d cells x %d genes (%d dropped as %s); %d time points %s",
                counts.shape[0], counts.shape[1], int((~keep).sum()), sorted(drop),
@@ -421,6 +421,38 @@ def prepare_cells(adata: ad.AnnData, data_cfg: Any) -> Cells:
                time_index=time_index, time_labels=time_labels,
                donors=None if donors is None else donors[keep], class_names=classes,
                obs_names=_names(adata.obs_names, "obs")[keep])
+
+
+def spot_coordinates(adata: ad.AnnData) -> np.ndarray:
+  """``obsm["spatial"]``'s x/y as float32 (n_spots, 2); a DataError naming the fix when
+  they are absent, misshapen or not finite (nothing is dropped silently)."""
+  if "spatial" not in adata.obsm:
+    raise DataError("spatial data has no obsm['spatial'] coordinates; store the spot x/y "
+                    "positions there (n_spots x 2) as scanpy/squidpy do")
+  coords = np.asarray(adata.obsm["spatial"])
+  if coords.ndim != 2 or coords.shape[1] < 2 or coords.shape[0] != adata.n_obs:
+    raise DataError(f"obsm['spatial'] has shape {coords.shape}; expected (n_spots, 2)")
+  coords = coords[:, :2].astype(np.float32)
+  bad = ~np.isfinite(coords).all(axis=1)
+  if bad.any():
+    raise DataError(
+        f"obsm['spatial'] holds NaN/Inf coordinates for {int(bad.sum())} of {len(bad)} spots "
+        f"(e.g. {np.asarray(adata.obs_names)[bad][:3].tolist()}); drop those spots first: "
+        "adata = adata[np.isfinite(adata.obsm['spatial']).all(axis=1)].copy()")
+  return coords
+
+
+def spatial_counts(adata: ad.AnnData, data_cfg: Any) -> Any:
+  """The checked raw counts of a spatial AnnData: ``layers[data.spatial.counts_layer]``
+  when that field is set, else the cells' layer (``data.counts_layer``), "" meaning X."""
+  spatial_cfg = config_get(data_cfg, "spatial", None)
+  layer = config_get(spatial_cfg, "counts_layer", None) if spatial_cfg is not None else None
+  field = "config.data.spatial.counts_layer"
+  if layer is None:
+    layer, field = config_get(data_cfg, "counts_layer", ""), "config.data.counts_layer"
+  matrix = counts_matrix(adata, layer, field)
+  check_counts(matrix, f"spatial {'layers[' + repr(layer) + ']' if layer else 'X'}", field)
+  return matrix
 
 
 def prepare_spots(adata: ad.AnnData, data_cfg: Any, class_names: Sequence[str]) -> Spots:
@@ -432,17 +464,9 @@ def prepare_spots(adata: ad.AnnData, data_cfg: Any, class_names: Sequence[str]) 
   else the same layer as the cells (``data_cfg.counts_layer``), "" meaning X.
   """
   class_names = tuple(str(c) for c in class_names)
-  if "spatial" not in adata.obsm:
-    raise DataError("spatial data has no obsm['spatial'] coordinates; store the spot x/y "
-                    "positions there (n_spots x 2) as scanpy/squidpy do")
-  coords = np.asarray(adata.obsm["spatial"])
-  if coords.ndim != 2 or coords.shape[1] < 2 or coords.shape[0] != adata.n_obs:
-    raise DataError(f"obsm['spatial'] has shape {coords.shape}; expected (n_spots, 2)")
-  coords = coords[:, :2].astype(np.float32)
-  if not np.isfinite(coords).all():
-    raise DataError("obsm['spatial'] holds NaN/Inf coordinates; drop those spots first")
-  population = _obs_column(adata, data_cfg.population_key, "spot population labels "
-                           "(config.data.population_key)")
+  coords = spot_coordinates(adata)
+  population = obs_column(adata, data_cfg.population_key, "spot population labels "
+                          "(config.data.population_key)")
   keep = np.isin(population, list(class_names))
   if not keep.any():
     raise DataError(f"no spot is labelled with one of {list(class_names)}; spot labels present: "
@@ -451,15 +475,9 @@ def prepare_spots(adata: ad.AnnData, data_cfg: Any, class_names: Sequence[str]) 
     dropped, n_dropped = np.unique(population[~keep], return_counts=True)
     logging.info("dropping %d spots whose dominant population is not a class: %s",
                  int((~keep).sum()), dict(zip(dropped.tolist(), n_dropped.tolist())))
-  spatial_cfg = config_get(data_cfg, "spatial", None)
-  layer = config_get(spatial_cfg, "counts_layer", None) if spatial_cfg is not None else None
-  field = "config.data.spatial.counts_layer"
-  if layer is None:
-    layer, field = config_get(data_cfg, "counts_layer", ""), "config.data.counts_layer"
-  matrix = counts_matrix(adata, layer, field)
-  check_counts(matrix, f"spatial {'layers[' + repr(layer) + ']' if layer else 'X'}", field)
+  matrix = spatial_counts(adata, data_cfg)
   rows = np.flatnonzero(keep)
-  counts = _to_csr_float32(matrix, rows)
+  counts = to_csr_float32(matrix, rows)
   labels = _index_of(population[keep], class_names)
   logging.info("prepared %d spots x %d genes", counts.shape[0], counts.shape[1])
   return Spots(counts=counts, gene_names=_names(adata.var_names, "gene"),

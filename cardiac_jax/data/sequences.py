@@ -222,14 +222,17 @@ def _pick(table: np.ndarray, count: np.ndarray, cur: np.ndarray,
 
 
 def walk(graph: WalkGraph, anchors: np.ndarray, length: int,
-         rng: np.random.Generator, temporal: bool = True) -> np.ndarray:
+         rng: np.random.Generator, temporal: bool = True, restart: float = 0.0) -> np.ndarray:
   """Walks backwards from the anchors and returns forward-ordered global rows.
 
   Temporal walks step to a previous-day neighbour whenever the current cell's day
   is later than the step's target day (see ``step_times``), otherwise to a
   same-day neighbour. If the target day has no cells in the split, the walk has
   already skipped to the nearest earlier populated day and stays there. Spatial
-  walks always use the spot neighbour table.
+  walks always use the spot neighbour table; with ``restart`` > 0 a spatial step
+  returns to the anchor with that probability instead (a random walk with
+  restart: its visits concentrate within a few hops of the anchor, each hop's
+  spots sampled again and again, rather than drifting away like a plain walk).
 
   Returns:
     (n, length) int64 global rows; column length - 1 is the anchor.
@@ -245,6 +248,8 @@ def walk(graph: WalkGraph, anchors: np.ndarray, length: int,
   for s in range(length - 2, -1, -1):      # one vectorised update per step
     if not temporal:
       cur = _pick(graph.same, graph.same_count, cur, rng)
+      if restart > 0:
+        cur = np.where(rng.random(n) < restart, anchors, cur)
       path[:, s] = cur
       continue
     go_back = (graph.time_index[cur] > target[:, s]) & graph.has_prev[cur]
@@ -299,7 +304,8 @@ def assemble_features(pcs: np.ndarray, source_index: np.ndarray, time_value: np.
   Args:
     pcs: (n_items, n_pcs) PCA coordinates of the cells (or spots).
     source_index: (N, L) rows into ``pcs``.
-    time_value: (n_items,) per-item time feature (see ``time_feature``) or a constant.
+    time_value: (n_items,) per-item time feature (see ``time_feature``), a constant, or
+      (N, L) per step (a spatial walk's distance to its end spot, ``data.regions``).
     modality: 0 single-cell temporal, 1 spatial.
     out: optional (N, L, n_pcs + 2) float32 array to fill (avoids a copy when
       several parts go into one dataset).
@@ -320,6 +326,8 @@ def assemble_features(pcs: np.ndarray, source_index: np.ndarray, time_value: np.
     out[start:start + chunk, ..., :n_pcs] = pcs[idx[start:start + chunk]]
   if np.ndim(time_value) == 0:
     out[..., n_pcs] = float(time_value)
+  elif np.ndim(time_value) == 2:
+    out[..., n_pcs] = np.asarray(time_value, dtype=np.float32)
   else:
     out[..., n_pcs] = np.asarray(time_value, dtype=np.float32)[idx]
   out[..., n_pcs + 1] = float(modality)
