@@ -142,7 +142,12 @@ def _predict_flags() -> None:
     flags.DEFINE_string("true_key", "", "obs column with known labels, plotted when present")
     flags.DEFINE_string("time_key", "diffday", "obs column of the time points")
     flags.DEFINE_string("counts_layer", "", "layer holding raw counts ('' = X)")
-    flags.DEFINE_integer("n_walks", 8, "walks ending at each cell (probabilities averaged)")
+    flags.DEFINE_integer("n_walks", 8, "at most this many walks end at each cell "
+                         "(probabilities averaged)")
+    flags.DEFINE_float("walk_margin", None, "cells whose first walk's top-two probability "
+                       "margin reaches this keep one walk, the rest get --n_walks; unset = "
+                       "0.1 for labels, 1 (all walks) for fate models; 1 = every cell "
+                       "--n_walks")
     flags.DEFINE_integer("seed", 0, "seed of the walks")
     flags.DEFINE_string("population_key", "", "fate models: obs column of the populations "
                         "('' = the training data's)")
@@ -164,7 +169,8 @@ def predict(argv: list[str]) -> None:
   written = prediction.predict_file(
       f.model, f.input, f.output, csv_path=f.csv or None, plots_dir=f.plots_dir or None,
       true_key=f.true_key, time_key=f.time_key, counts_layer=f.counts_layer or None,
-      n_walks=f.n_walks, seed=f.seed, population_key=f.population_key,
+      n_walks=f.n_walks, walk_margin=f.walk_margin, seed=f.seed,
+      population_key=f.population_key,
       clone_key=f.clone_key, clone_obsm=f.clone_obsm, section_key=f.section_key)
   for what, path in written.items():
     print(f"wrote {what}: {path}")

@@ -144,8 +144,10 @@ def test_prediction_streams_one_walk_of_one_block_at_a_time(run, monkeypatch, pr
     return real(x, mask, **kwargs)
 
   monkeypatch.setattr(model, "predict_sequences", spy)
-  out = cardiac_jax.predict(adata, model, n_walks=n_walks, copy=True, progress=False)
+  out = cardiac_jax.predict(adata, model, n_walks=n_walks, walk_margin=1.0, copy=True,
+                            progress=False)
   assert sizes == [block] * (4 * n_walks) + [n % block] * n_walks
+  assert (out.obs["cardiac_jax_n_walks"] == n_walks).all()
   (bar,) = progress_bars                    # over the cells, block by block
   assert bar.total == bar.n == n and bar.closed and bar.kwargs["progress"] is False
   # Reference: all walks of a block at once (the seeds are per (seed, block, walk)).
@@ -163,6 +165,39 @@ def test_prediction_streams_one_walk_of_one_block_at_a_time(run, monkeypatch, pr
     probs = real(x, np.ones(src.shape, np.float32))
     want[anchors] = probs.reshape(n_walks, anchors.size, -1).mean(axis=0)
   np.testing.assert_allclose(out.obsm["cardiac_jax_probs"], want, rtol=0, atol=1e-6)
+
+
+def test_adaptive_walks_settle_confident_cells_with_one(run):
+  """Margin >= walk_margin after the first walk: that walk alone; below it: all walks,
+  the first walk the same as with every cell walked."""
+  n, n_walks, margin = 500, 4, 0.3
+  adata = run["adata"][:n].copy()
+  one = cardiac_jax.predict(adata, run["model"], n_walks=1, copy=True, progress=False)
+  every = cardiac_jax.predict(adata, run["model"], n_walks=n_walks, walk_margin=1.0,
+                              copy=True, progress=False)
+  out = cardiac_jax.predict(adata, run["model"], n_walks=n_walks, walk_margin=margin,
+                            copy=True, progress=False)
+  first = one.obsm["cardiac_jax_probs"]
+  unsure = prediction.top_margin(first) < margin
+  assert 0 < unsure.sum() < n, "the check needs both kinds of cells"
+  used = out.obs["cardiac_jax_n_walks"].to_numpy()
+  np.testing.assert_array_equal(used, np.where(unsure, n_walks, 1))
+  probs = out.obsm["cardiac_jax_probs"]
+  np.testing.assert_array_equal(probs[~unsure], first[~unsure])
+  assert out.uns["cardiac_jax"]["params"]["walk_margin"] == margin
+  assert out.uns["cardiac_jax"]["mean_walks"] == pytest.approx(used.mean())
+  # The unsure cells' later walks are drawn for them alone: the same distribution as the
+  # every-cell run, not the same draws; their labels mostly agree with it.
+  agree = np.mean(out.obs["cardiac_jax_label"].to_numpy()[unsure]
+                  == every.obs["cardiac_jax_label"].to_numpy()[unsure])
+  assert agree >= 0.7, agree
+  assert np.max(np.abs(probs.sum(axis=1) - 1)) < 1e-5
+
+
+def test_top_margin():
+  p = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.4, 0.4, 0.2]], np.float32)
+  np.testing.assert_allclose(prediction.top_margin(p), [0.2, 0.7, 0.0], atol=1e-7)
+  np.testing.assert_array_equal(prediction.top_margin(np.ones((2, 1), np.float32)), [1, 1])
 
 
 def test_predict_drops_a_stale_umap(run):
