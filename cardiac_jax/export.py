@@ -57,8 +57,8 @@ FORMAT_VERSION = 1
 # Sequences per jitted call of ``predict_sequences`` (one compilation; padded) when
 # the model's config has no train.eval_batch_size.
 PREDICT_CHUNK = 1024
-# Chunks in flight at once: one small chunk leaves a CPU core idle inside XLA, and
-# JAX releases the GIL while it runs (2: 1.27x the walks/s of one on the 2-core CPU, docs/performance.md).
+# Chunks in flight at once: one small chunk leaves a CPU core idle inside XLA, and JAX
+# releases the GIL while it runs (2 threads: 1.27x the walks/s of one, 2-core CPU).
 PREDICT_THREADS = 2
 
 

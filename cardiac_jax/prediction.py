@@ -198,7 +198,7 @@ def walk_probabilities(model: Any, pcs: np.ndarray, time_index: np.ndarray,
 
   Every anchor gets one walk; those whose probabilities' top-two margin is below
   ``walk_margin`` get the other ``n_walks - 1`` (``walk_margin`` >= 1: every anchor
-  gets ``n_walks``, walk for walk the same as ``walk_margin`` 1). Why: a walk adds
+  gets ``n_walks``, the same walks as before walks were adaptive). Why: a walk adds
   nothing to its anchor's label on snapshot data (docs/results/ceiling.md), so
   more walks only average the sequence branch's noise, which moves labels of
   uncertain cells only (docs/performance.md). The walks run among ALL
@@ -243,7 +243,6 @@ def walk_probabilities(model: Any, pcs: np.ndarray, time_index: np.ndarray,
   finally:
     bar.close()
   return probs, n_used
-  return probs
 
 
 def top_margin(probs: np.ndarray) -> np.ndarray:
