@@ -103,6 +103,17 @@ def embed_cells(cells: Any, fit_rows: np.ndarray, data_cfg: Any,
   return pp, pcs
 
 
+def split_of(cells: Any, split_cfg: Any) -> np.ndarray:
+  """Each cell's split (0 train, 1 val, 2 test) under ``config.data.split``."""
+  groups = None
+  if split_cfg.group_by_donor:
+    if cells.donors is None:
+      raise DataError("config.data.split.group_by_donor is set but the cells have no donor "
+                      "column; set config.data.donor_key or turn group_by_donor off.")
+    groups = cells.donors
+  return splits.split_cells(cells.labels, tuple(split_cfg.fractions), split_cfg.seed, groups)
+
+
 def embedded_cells(data_cfg: Any, stage: stages_lib.Stages | None = None
                    ) -> tuple[Any, np.ndarray, Any, np.ndarray]:
   """Loads, prepares and splits the cells, then embeds them with a TRAIN-fitted preprocessor.
@@ -117,13 +128,6 @@ def embedded_cells(data_cfg: Any, stage: stages_lib.Stages | None = None
   split_cfg = data_cfg.split
   cells, _ = prepared_cells(data_cfg, stage)
   with stage("split"):
-    groups = None
-    if split_cfg.group_by_donor:
-      if cells.donors is None:
-        raise DataError("config.data.split.group_by_donor is set but the cells have no donor "
-                        "column; set config.data.donor_key or turn group_by_donor off.")
-      groups = cells.donors
-    cell_split = splits.split_cells(cells.labels, tuple(split_cfg.fractions), split_cfg.seed,
-                                    groups)
+    cell_split = split_of(cells, split_cfg)
   pp, pcs = embed_cells(cells, np.flatnonzero(cell_split == 0), data_cfg, stage)
   return cells, cell_split, pp, pcs
