@@ -244,10 +244,14 @@ def test_benchmark_quick_mode_without_cellrank(tmp_path):
   out = tmp_path / "fate"
   subprocess.run(
       [sys.executable, "experiments/fate_benchmark.py", "--config=configs/fate.py:quick",
-       "--config.train.num_epochs=1", "--seeds=0", "--methods=cardiac_jax,logreg,priming",
+       "--config.train.num_epochs=1", "--seeds=0",
+       "--methods=cardiac_jax,logreg,priming,transfer_cardiac_jax",
        f"--workdir={tmp_path / 'bench'}", f"--out={out}", "--n_walks=2"],
       cwd=REPO, check=True, capture_output=True, text=True)
   results = json.loads(out.with_suffix(".json").read_text())
+  transfer = results["seeds"][0]["transfer"]     # the seed's model on a new sample, no refit
+  assert transfer["transfer_cardiac_jax"]["prog"]["n"] == transfer["n_prog"] > 0
+  assert 0.0 <= transfer["transfer_cardiac_jax"]["prog"]["auc"] <= 1.0
   seed = results["seeds"][0]
   split = np.load(tmp_path / "bench" / "seed0" / "split.npz")["split"]
   assert 0 < seed["n_held_out_prog"] <= seed["n_held_out"] <= int(np.sum(split == 2))
@@ -258,6 +262,7 @@ def test_benchmark_quick_mode_without_cellrank(tmp_path):
   for suffix in (".md", ".json", ".png"):
     assert out.with_suffix(suffix).exists()
   assert "held-out PROG" in out.with_suffix(".md").read_text()
+  assert "Transfer: each seed's model" in out.with_suffix(".md").read_text()
 
 
 @pytest.mark.slow
