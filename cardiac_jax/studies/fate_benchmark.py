@@ -12,11 +12,15 @@ cells, and they are scored on the TEST-split cells only, against the truth
 headline), for all pre-branch cells, and per day (PROG). Methods:
 
 - ``cardiac_jax``: ``python -m cardiac_jax.main --config=configs/fate.py``'s
-  model (trained on training-split cells only), then ``cardiac_jax.predict``
-  over all the cells (walks among them; the exported preprocessor).
+  model (trained on training-split cells only; exact labels, the cell alone),
+  then ``cardiac_jax.predict`` over all the cells (the exported preprocessor).
+  ``cardiac_jax_walks`` / ``cardiac_jax_exact32``: the same with walk labels
+  and 32-step walks (the previous model) / exact labels and 32-step walks
+  (``VARIANTS``).
 - ``logreg``: the honest per-cell baseline: logistic regression on the same
   training sequences' last cell (PCA + day, the model's own features) and
-  labels, C chosen on the validation sequences (``baselines.LOGREG_C``).
+  labels (soft labels: their cross-entropy), C chosen on the validation
+  sequences (``baselines.LOGREG_C``).
 - ``priming``: the simulator's priming genes (``simulator.PRIMING``; CM genes'
   mean log1p expression minus CF genes'), made a probability by a 1-D logistic
   regression on the same training labels. Oracle-ish: it knows which genes carry
@@ -31,6 +35,10 @@ headline), for all pre-branch cells, and per day (PROG). Methods:
   CM cells, "CF": CF cells})``, ``compute_fate_probabilities()``, P(CM) =
   ``fate_probabilities["CM"]`` (``obsm["lineages_fwd"]``). Unsupervised: it
   uses no training labels, only which cells are CM and CF.
+- ``transfer_cardiac_jax`` / ``transfer_cellrank_pt``: the transfer test: the
+  seed's exported model predicts ANOTHER simulation (seed + 100, no refit), and
+  CellRank's PseudotimeKernel is recomputed on that sample alone; scored on all
+  its PROG cells (``score_transfer``).
 
 Each method runs in its own process (``python -m cardiac_jax.studies.fate_benchmark
 --stage=...``), so its wall time and peak RSS (``resources.run_measured``) are its
