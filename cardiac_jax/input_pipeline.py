@@ -39,10 +39,18 @@ def data_key(ds: Any) -> str:
   return "sha1:" + h.hexdigest()
 
 
-def device_arrays(x: np.ndarray, y: np.ndarray, mask: np.ndarray) -> dict[str, jax.Array]:
-  """The model's inputs and labels as float32/int32 arrays on every device."""
-  return parallel.place({"x": np.asarray(x, np.float32), "y": np.asarray(y, np.int32),
-                         "mask": np.asarray(mask, np.float32)})
+def device_arrays(x: np.ndarray, y: np.ndarray, mask: np.ndarray,
+                  targets: np.ndarray | None = None) -> dict[str, jax.Array]:
+  """The model's inputs and labels as float32/int32 arrays on every device.
+
+  ``targets``: optional (N, C) soft labels (``SequenceDataset.targets``); the
+  steps then train on them instead of the one-hot of ``y``.
+  """
+  arrays = {"x": np.asarray(x, np.float32), "y": np.asarray(y, np.int32),
+            "mask": np.asarray(mask, np.float32)}
+  if targets is not None:
+    arrays["targets"] = np.asarray(targets, np.float32)
+  return parallel.place(arrays)
 
 
 def gather(data: dict[str, jax.Array], idx: jax.Array) -> dict[str, jax.Array]:

@@ -209,6 +209,8 @@ def walk_probabilities(model: Any, pcs: np.ndarray, time_index: np.ndarray,
     probabilities (len(anchors), C) and walks used (len(anchors),) int32.
   """
   from cardiac_jax.data import sequences  # pylint: disable=g-import-not-at-top
+  if model.length == 1:
+    return cell_probabilities(model, pcs, time_index, anchors, progress=progress)
   n = pcs.shape[0]
   graph = sequences.temporal_graph(pcs, time_index, np.zeros(n, np.int32), np.arange(n),
                                    model.k_neighbors)
@@ -243,6 +245,31 @@ def walk_probabilities(model: Any, pcs: np.ndarray, time_index: np.ndarray,
   finally:
     bar.close()
   return probs, n_used
+
+
+def cell_probabilities(model: Any, pcs: np.ndarray, time_index: np.ndarray,
+                       anchors: np.ndarray, *,
+                       progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """A length-1 model's probabilities: each anchor read alone (its PCA and day).
+
+  Every walk of length 1 is the anchor itself, so no kNN graph is built and one
+  pass suffices (``walk_probabilities``' return, with one "walk" per anchor).
+  """
+  from cardiac_jax.data import sequences  # pylint: disable=g-import-not-at-top
+  time_value = sequences.time_feature(time_index, len(model.time_labels))
+  anchors = np.asarray(anchors, np.int64)
+  probs = np.empty((anchors.size, len(model.class_names)), np.float32)
+  bar = progress_lib.bar(anchors.size, desc="predict", unit="cells", progress=progress)
+  try:
+    for start in range(0, anchors.size, BLOCK_CELLS):
+      block = anchors[start:start + BLOCK_CELLS, None]
+      x = sequences.assemble_features(pcs, block, time_value, 0)
+      probs[start:start + block.shape[0]] = model.predict_sequences(
+          x, np.ones(block.shape, np.float32))
+      bar.update(block.shape[0])
+  finally:
+    bar.close()
+  return probs, np.ones(anchors.size, np.int32)
 
 
 def top_margin(probs: np.ndarray) -> np.ndarray:

@@ -127,7 +127,8 @@ def build_run(config: ml_collections.ConfigDict, dataset: dataset_lib.SequenceDa
   train_pos = np.flatnonzero(split == splits_lib.SPLIT_IDS["train"])
   spe = schedules_lib.steps_per_epoch(len(train_pos), config.train.batch_size)
   model, scheds, fns = _model_and_fns(config, dataset.num_classes, dataset.length, spe)
-  data = input_pipeline.device_arrays(dataset.x, dataset.y, dataset.mask)
+  data = input_pipeline.device_arrays(dataset.x, dataset.y, dataset.mask,
+                                      dataset.targets)
   chunk = input_pipeline.chunk_size(config, len(dataset.y))
   chunks = {name: input_pipeline.eval_chunks(np.flatnonzero(split == sid), chunk)
             for name, sid in splits_lib.SPLIT_IDS.items()}

@@ -42,11 +42,18 @@ class TrainState:
 
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: Any = 0.0) -> jax.Array:
-  """Per-example softmax cross-entropy in float32 against smoothed one-hot targets."""
+def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: Any = 0.0,
+                  targets: jax.Array | None = None) -> jax.Array:
+  """Per-example softmax cross-entropy in float32 against smoothed targets.
+
+  ``targets`` (N, C) are soft labels (a fate model's exact P(CM), P(CF)) and
+  replace the one-hot of ``labels`` when given; smoothing applies on top.
+  """
   logits = logits.astype(jnp.float32)
-  onehot = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
-  targets = optax.smooth_labels(onehot, jnp.asarray(smoothing, jnp.float32))
+  if targets is None:
+    targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
+  targets = optax.smooth_labels(targets.astype(jnp.float32),
+                                jnp.asarray(smoothing, jnp.float32))
   return optax.softmax_cross_entropy(logits, targets)
 
 
@@ -92,7 +99,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, *
     logits, updates = model.apply(
         {"params": params, "batch_stats": state.batch_stats}, batch["x"], batch["mask"],
         train=True, rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
-    loss = cross_entropy(logits, batch["y"], smoothing)
+    loss = cross_entropy(logits, batch["y"], smoothing, batch.get("targets"))
     return jnp.mean(loss), (loss, logits, updates)
 
   (_, (loss, logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -156,7 +163,7 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *,
   logits = model.apply({"params": params, "batch_stats": state.batch_stats},
                        batch["x"], batch["mask"], train=False)
   w = batch["weight"]
-  loss = cross_entropy(logits, batch["y"])
+  loss = cross_entropy(logits, batch["y"], targets=batch.get("targets"))
   correct = (jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32)
   sums = {"loss": jnp.sum(jnp.where(w > 0, loss * w, 0.0)),
           "correct": jnp.sum(correct * w), "count": jnp.sum(w)}

@@ -5,15 +5,23 @@
   cardiac-jax predict --model=runs/fate/model --input=cells.h5ad \\
       --output=cells_fate.h5ad --plots_dir=plots                      # fate per cell
 
-The classes are the terminal populations (``data.fate.terminal``); sequences
-end at pre-branch cells (``data.fate.pre_branch``) and are walks paced by that
-cell's own day, as at prediction (see cardiac_jax/data/fate.py). Walks are shorter
-than the six-class runs' (32 steps): the days before a progenitor are few.
+The classes are the terminal populations (``data.fate.terminal``). Labels are
+exact (``data.fate.labels = "exact"``): the expected visits of 32-step backward
+walks from every CM and CF cell (``data.fate.label_length``), solved without
+sampling, as soft targets P(CM), P(CF) per pre-branch cell. The model reads
+what a query cell has, its expression (PCA) and its day: sequences of length 1
+(``data.sequences.length``), so prediction builds no kNN graph and no walks.
+``--config.data.fate.labels=walks --config.data.sequences.length=32`` is the
+previous model (sampled labels, 32-step walks ending at the cell); see
+docs/results/fate.md for the measurements behind the defaults.
 """
 import ml_collections
 
 from cardiac_jax import config_lib
 from cardiac_jax.data import fate
+
+FATE_LENGTH = 1      # input sequence: the query cell alone
+LABEL_LENGTH = 32    # labelling walks: as the previous model's 32-step walks
 
 
 def get_config(arg=None):
@@ -21,12 +29,14 @@ def get_config(arg=None):
   config.name = "fate"
   config.data.task = "fate"
   config.data.spatial.enabled = False
-  config.data.sequences.length = 32
+  config.data.sequences.length = FATE_LENGTH   # the cell itself (PCA + day)
   config.data.sequences.k_neighbors = 30       # as CellRank's kNN graph (scanpy, k=30)
   config.data.fate = ml_collections.ConfigDict()
   config.data.fate.pre_branch = fate.PRE_BRANCH
   config.data.fate.terminal = fate.TERMINAL
-  config.data.fate.walks_per_anchor = 4       # backward walks from every CM / CF cell
+  config.data.fate.labels = "exact"           # expected visits, soft targets ("walks": sampled)
+  config.data.fate.label_length = LABEL_LENGTH  # steps of the labelling walks
+  config.data.fate.walks_per_anchor = 4       # labels="walks": sampled walks per CM / CF cell
   # Sequences (all splits) per pre-branch population, IPSC, MES, CMES, PROG: mostly
   # progenitors, the cells whose fate shows (priming genes); the earlier ones get
   # few, enough to learn that their fate is near the prior.
@@ -41,6 +51,8 @@ def get_config(arg=None):
   config.train.early_stopping_patience = 6
   config = config_lib.variant(config, arg)
   if arg == "quick":   # quick divides per_population; the fate section too
+    config.data.fate.label_length = config.data.sequences.length   # the debug walks
+    config.data.sequences.length = FATE_LENGTH
     config.data.fate.per_population = tuple(
         max(20, n // config_lib.QUICK_DIVISOR) for n in config.data.fate.per_population)
   return config

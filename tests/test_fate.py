@@ -64,9 +64,11 @@ def test_sequences_end_at_pre_branch_cells_of_their_own_split(built):
   # Paced by the end cell's own day, as a query walk: no step after it in time.
   days = cells.time_index[ds.source_index]
   assert np.all(days <= days[:, -1:]) and np.all(np.diff(days, axis=1) >= 0)
-  # Labels of every split come from walks within that split; both fates occur.
+  # Labels of every split come from walks within that split; both fates occur (the
+  # exact labels are soft: P(CM) spreads in every split; CF, twice as many cells, leads).
+  assert set(np.unique(ds.y)) == {0, 1}
   for s in range(3):
-    assert set(np.unique(ds.y[ds.split == s])) == {0, 1}
+    assert np.ptp(ds.targets[ds.split == s, 0]) > 0.05
 
 
 def test_same_seed_same_dataset_other_seed_other(built):
@@ -93,6 +95,69 @@ def test_path_visits_count_each_walk_once_per_cell():
   np.testing.assert_array_equal(visits[:, 0], [5, 5, 5, 0])
 
 
+def _branching_graph():
+  """A small random time course: 5 days, pre-branch cells (0) early, CM (1) / CF (2) late."""
+  from cardiac_jax.data import sequences  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  days = rng.integers(0, 5, 120)
+  pcs = (rng.normal(size=(120, 3)) + days[:, None]).astype(np.float32)
+  labels = np.where((days >= 3) & (rng.random(120) < 0.6), rng.integers(1, 3, 120), 0)
+  return sequences.temporal_graph(pcs, days, labels, np.arange(120), k=4)
+
+
+def test_exact_labels_are_the_limit_of_many_sampled_walks():
+  """Expected visits (sparse solve) == visits counted over 10,000 walks per terminal cell."""
+  from cardiac_jax.data import absorption  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.data import sequences  # pylint: disable=g-import-not-at-top
+  graph, length, walks = _branching_graph(), 6, 10_000
+  exact = absorption.expected_visits(graph, [1, 2], length)
+  anchors = np.flatnonzero(graph.labels > 0)
+  path = sequences.walk(graph, np.repeat(anchors, walks), length, np.random.default_rng(1))
+  sampled = np.zeros_like(exact)
+  np.add.at(sampled, (path.ravel(), np.repeat(graph.labels[anchors] - 1, walks * length)), 1)
+  sampled /= walks                                   # visits with multiplicity, per anchor
+  np.testing.assert_allclose(sampled, exact, atol=0.01 * exact.max())
+  probs, reached = absorption.fate_probabilities(exact)
+  np.testing.assert_allclose(probs[reached].sum(axis=1), 1.0)
+  assert np.all(probs[~reached] == 0) and reached[graph.labels == 0].any()
+  well = reached & (exact.sum(axis=1) > 5) & (graph.labels == 0)
+  assert well.sum() >= 5
+  np.testing.assert_allclose(absorption.fate_probabilities(sampled)[0][well], probs[well],
+                             atol=0.01)
+
+
+def test_labels_option_exact_soft_walks_hard(built, tmp_path):
+  """exact: soft targets summing to one, y their argmax, saved and loaded; walks: none."""
+  config, ds = built
+  assert ds.meta["fate"]["labels"] == "exact" and ds.length == 1
+  np.testing.assert_allclose(ds.targets.sum(axis=1), 1.0, atol=1e-6)
+  np.testing.assert_array_equal(ds.y, np.argmax(ds.targets, axis=1))
+  again = dataset.SequenceDataset.load(ds.save(tmp_path / "ds.npz"))
+  np.testing.assert_array_equal(again.targets, ds.targets)
+  np.testing.assert_array_equal(ds.subset(ds.split == 0).targets, ds.targets[ds.split == 0])
+  walks = config.copy_and_resolve_references()
+  walks.data.fate.labels = "walks"
+  assert dataset.cache_key(walks.data) != dataset.cache_key(config.data)
+  assert dataset.build_dataset(walks.data, cache=False, progress=False).targets is None
+  walks.data.fate.labels = "nope"
+  with pytest.raises(DataError, match="labels"):
+    dataset.build_dataset(walks.data, cache=False, progress=False)
+
+
+def test_soft_targets_loss_equals_the_hard_loss_for_one_hot_targets():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from cardiac_jax import steps  # pylint: disable=g-import-not-at-top
+  logits = jnp.asarray([[2.0, -1.0], [0.3, 0.1], [-0.5, 1.5]])
+  labels = jnp.asarray([0, 1, 1])
+  onehot = jnp.eye(2)[labels]
+  for smoothing in (0.0, 0.1):
+    np.testing.assert_array_equal(steps.cross_entropy(logits, labels, smoothing, onehot),
+                                  steps.cross_entropy(logits, labels, smoothing))
+  soft = jnp.asarray([[0.7, 0.3]] * 3)
+  want = -(soft * jnp.log(jnp.exp(logits) / jnp.exp(logits).sum(1, keepdims=True))).sum(1)
+  np.testing.assert_allclose(steps.cross_entropy(logits, labels, 0.0, soft), want, rtol=1e-6)
+
+
 def test_per_population_counts_and_bad_config():
   config = _config()
   assert fate.per_population(config.data) == list(config.data.fate.per_population)
@@ -117,8 +182,16 @@ def test_export_records_the_fate(run):
   assert info["fate"]["population_key"] == "type"
 
 
-def test_predict_fate_invariants(run, tmp_path):
-  """Probabilities sum to one, only pre-branch cells get values, same seed same output."""
+def test_predict_fate_invariants(run, tmp_path, monkeypatch):
+  """Probabilities sum to one, only pre-branch cells get values; a length-1 model reads
+  each cell alone: no kNN graph, one pass, the same output whatever the walk seed."""
+  from cardiac_jax.data import sequences  # pylint: disable=g-import-not-at-top
+  assert run["model"].length == 1
+
+  def no_graph(*args, **kwargs):
+    raise AssertionError("a length-1 model must not build the kNN graph")
+
+  monkeypatch.setattr(sequences, "temporal_graph", no_graph)
   adata = prediction.predict(run["adata"], run["model"], n_walks=2, copy=True, seed=3,
                              progress=False)
   probs = np.asarray(adata.obsm["cardiac_jax_fate"])
@@ -135,7 +208,8 @@ def test_predict_fate_invariants(run, tmp_path):
   np.testing.assert_array_equal(np.asarray(again.obsm["cardiac_jax_fate"]), probs)
   other = prediction.predict(run["adata"], run["model"], n_walks=2, copy=True, seed=4,
                              progress=False)
-  assert not np.array_equal(np.asarray(other.obsm["cardiac_jax_fate"])[pre], probs[pre])
+  np.testing.assert_array_equal(np.asarray(other.obsm["cardiac_jax_fate"]), probs)
+  assert np.all(np.asarray(adata.obs["cardiac_jax_n_walks"])[pre] == 1)
 
   table = prediction.predictions_table(adata)
   assert list(table.columns) == ["cell", "population", "p_CM", "p_CF"]
@@ -158,6 +232,29 @@ def test_predict_fate_needs_the_population_column(run):
   out = prediction.predict(adata, run["model"], n_walks=1, progress=False,
                            population_key="celltype")
   assert out.uns["cardiac_jax"]["params"]["population_key"] == "celltype"
+
+
+def test_benchmark_scores_the_transfer_on_all_cells_of_the_new_sample(tmp_path):
+  """The transfer rows: every PROG cell of the new sample scored, one table row per method."""
+  import anndata as ad  # pylint: disable=g-import-not-at-top
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.studies import fate_benchmark  # pylint: disable=g-import-not-at-top
+  paths = fate_benchmark._paths(str(tmp_path), 0)  # pylint: disable=protected-access
+  paths["probs"].mkdir(parents=True)
+  bias = np.array([1.0, -1.0, 0.5, -0.5, 1.0, -1.0])
+  obs = pd.DataFrame({"type": ["PROG", "PROG", "PROG", "PROG", "CMES", "CM"],
+                      "fate_bias": bias}, index=[f"c{i}" for i in range(6)])
+  ad.AnnData(np.zeros((6, 1), np.float32), obs=obs).write_h5ad(paths["transfer_cells"])
+  np.save(paths["probs"] / "transfer_cardiac_jax.npy", (bias > 0).astype(np.float32))
+  np.save(paths["probs"] / "transfer_cellrank_pt.npy", np.full(6, 0.5, np.float32))
+  out = fate_benchmark.score_transfer(_config(), paths, fate_benchmark.TRANSFER)
+  assert out["n_prog"] == 4 and out["n_pre_branch"] == 5
+  assert out["transfer_cardiac_jax"]["prog"] == {"n": 4, "auc": 1.0, "acc": 1.0}
+  assert out["transfer_cellrank_pt"]["prog"]["auc"] == 0.5
+  cost = {"wall_s": 1.0, "peak_rss_mb": 2.0}
+  lines = fate_benchmark._transfer_lines(  # pylint: disable=protected-access
+      {"seeds": [{"transfer": out, "costs": {m: cost for m in fate_benchmark.TRANSFER}}]})
+  assert sum(fate_benchmark.LABELS[m] in "\n".join(lines) for m in fate_benchmark.TRANSFER) == 2
 
 
 @pytest.mark.slow

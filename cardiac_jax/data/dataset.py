@@ -64,6 +64,9 @@ class SequenceDataset:
     tables: named arrays of the units the sequences are drawn from, for tasks
       that score units rather than sequences (a clone's cells, a section's
       spots: ``clones``, ``regions``); not indexed by sequence, carried as they are.
+    targets: optional (N, C) float32 soft labels, rows summing to one (a fate
+      model's exact P per terminal population, ``data.fate.labels = "exact"``);
+      the loss uses them instead of the one-hot of ``y`` (then their argmax).
   """
   x: np.ndarray
   y: np.ndarray
@@ -74,6 +77,7 @@ class SequenceDataset:
   class_names: tuple[str, ...]
   meta: dict
   tables: dict = dataclasses.field(default_factory=dict)
+  targets: np.ndarray | None = None
 
   def __post_init__(self):
     n = self.x.shape[0]
@@ -86,6 +90,9 @@ class SequenceDataset:
       if getattr(self, name).shape != self.x.shape[:2]:
         raise DataError(f"{name} must have shape {self.x.shape[:2]}, got "
                         f"{getattr(self, name).shape}")
+    if self.targets is not None and self.targets.shape != (n, len(self.class_names)):
+      raise DataError(f"targets must have shape ({n}, {len(self.class_names)}), got "
+                      f"{self.targets.shape}")
 
   def __len__(self) -> int:
     return int(self.x.shape[0])
@@ -110,7 +117,9 @@ class SequenceDataset:
 
   def subset(self, keep: np.ndarray) -> "SequenceDataset":
     """The sequences selected by a boolean mask (or index array) over the N sequences."""
-    return dataclasses.replace(self, **{k: getattr(self, k)[keep] for k in _ARRAYS})
+    targets = None if self.targets is None else self.targets[keep]
+    return dataclasses.replace(self, targets=targets,
+                               **{k: getattr(self, k)[keep] for k in _ARRAYS})
 
   def save(self, path: str | os.PathLike) -> pathlib.Path:
     """Writes an npz (no pickle) atomically (``fileio.atomic_path``); like every
@@ -122,6 +131,8 @@ class SequenceDataset:
     arrays["class_names"] = np.asarray(self.class_names, dtype=np.str_)
     arrays["meta"] = np.asarray(json.dumps(self.meta, sort_keys=True))
     arrays.update({_TABLE + k: np.asarray(v) for k, v in self.tables.items()})
+    if self.targets is not None:
+      arrays["targets"] = self.targets
     with fileio.atomic_path(path) as tmp:
       with open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
@@ -139,7 +150,8 @@ class SequenceDataset:
       class_names = tuple(str(c) for c in z["class_names"])
       meta = json.loads(str(z["meta"]))
       tables = {k[len(_TABLE):]: z[k] for k in z.files if k.startswith(_TABLE)}
-    return cls(class_names=class_names, meta=meta, tables=tables, **arrays)
+      targets = z["targets"] if "targets" in z.files else None
+    return cls(class_names=class_names, meta=meta, tables=tables, targets=targets, **arrays)
 
 
 # ---------------------------------------------------------------- cache

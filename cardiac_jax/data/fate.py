@@ -6,17 +6,26 @@ future, but the walks do: a walk from a cardiomyocyte backwards in time passes
 through the progenitors (and earlier cells) that lead to it. So:
 
 1. Labels from paths. Within one split's cells (``sequences.temporal_graph``),
-   ``walks_per_anchor`` backward walks start at every terminal cell (CM or CF,
-   ``sequences.walk``, paced by that cell's day as ever). Every pre-branch cell
-   on a walk (PROG and earlier, ``data.fate.pre_branch``) counts one visit for
-   that walk's terminal population (``path_visits``): a cell visited by 9 CM and
-   3 CF walks is labelled CM three times out of four.
+   backward walks start at every terminal cell (CM or CF, ``sequences.walk``,
+   paced by that cell's day over ``data.fate.label_length`` steps). A pre-branch
+   cell (PROG and earlier, ``data.fate.pre_branch``) is labelled by how much of
+   the walks from each terminal population pass through it. Two ways
+   (``data.fate.labels``):
+   - ``"exact"`` (default): the EXPECTED visits, solved without sampling
+     (``absorption.expected_visits``, sparse products over the same kNN tables
+     and pacing), give soft labels P(CM), P(CF) per cell; the loss is the
+     cross-entropy against them (``SequenceDataset.targets``).
+   - ``"walks"``: ``walks_per_anchor`` sampled walks per terminal cell, each
+     counting one visit per cell it passes (``path_visits``); a sequence's hard
+     label is drawn by the cell's visit fractions. Kept for comparison: its
+     sampling noise cost about 0.012 AUC (docs/results/fate.md).
 2. Inputs like the query's. A query progenitor has no anchor day beyond its
    own, so the training walks are NOT the cut prefixes of the terminal walks
    (those are paced by the terminal cell's later day): each training sequence is
    a fresh walk ending at a labelled pre-branch cell, paced by that cell's day,
-   exactly as ``prediction.predict`` walks from a query cell. Its label is drawn
-   by the cell's visit fractions (``fate_walks``; per pre-branch population
+   exactly as ``prediction.predict`` walks from a query cell (``fate_walks``;
+   with ``data.sequences.length = 1`` the sequence is the cell alone: its PCA
+   coordinates and its day; per pre-branch population
    ``data.fate.per_population`` sequences over all splits, cells drawn
    uniformly among the visited ones; most of them on PROG, where the fate shows).
 3. The sequence model, its training loop, checkpoints, report and export are the
@@ -37,6 +46,7 @@ from typing import Any, Sequence
 from absl import logging
 import numpy as np
 
+from cardiac_jax.data import absorption
 from cardiac_jax.data import sequences
 from cardiac_jax.data import sources
 from cardiac_jax.data import splits
@@ -44,9 +54,10 @@ from cardiac_jax.data import stages as stages_lib
 from cardiac_jax.data.errors import DataError
 
 # Bump when the code changes what a given config.data.fate builds (cache key).
-CODE_VERSION = "fate-v1"
+CODE_VERSION = "fate-v2"
 PRE_BRANCH = ("IPSC", "MES", "CMES", "PROG")
 TERMINAL = ("CM", "CF")
+LABELS = ("exact", "walks")
 
 
 def fate_info(data_cfg: Any) -> dict[str, Any]:
@@ -56,7 +67,29 @@ def fate_info(data_cfg: Any) -> dict[str, Any]:
           "terminal": [str(t) for t in f.terminal],
           "population_key": str(data_cfg.population_key),
           "walks_per_anchor": int(f.walks_per_anchor),
+          "labels": labels(data_cfg), "label_length": label_length(data_cfg),
           "per_population": per_population(data_cfg)}
+
+
+def labels(data_cfg: Any) -> str:
+  """``config.data.fate.labels``: "exact" (expected visits, soft) or "walks" (sampled)."""
+  chosen = str(data_cfg.fate.get("labels", "walks"))
+  if chosen not in LABELS:
+    raise DataError(f"config.data.fate.labels={chosen!r} is unknown; choose one of "
+                    f"{list(LABELS)} (exact: noise-free soft labels; walks: sampled).")
+  return chosen
+
+
+def label_length(data_cfg: Any) -> int:
+  """Steps of the labelling walks: ``data.fate.label_length``, else the sequences' length.
+
+  Separate from the input sequences' length: a model may read one cell
+  (``sequences.length = 1``) and still learn from labels of 32-step walks.
+  """
+  n = int(data_cfg.fate.get("label_length", 0) or data_cfg.sequences.length)
+  if n < 1:
+    raise DataError(f"config.data.fate.label_length must be >= 1, got {n}.")
+  return n
 
 
 def per_population(data_cfg: Any) -> list[int]:
@@ -122,21 +155,23 @@ def path_visits(graph: sequences.WalkGraph, pre_ids: np.ndarray, term_ids: np.nd
 
 def fate_walks(graph: sequences.WalkGraph, visits: np.ndarray, pre_ids: np.ndarray,
                n_per_population: Sequence[int], length: int, rng: np.random.Generator,
-               split_name: str = "") -> tuple[np.ndarray, np.ndarray]:
-  """Query-like walks ending at labelled pre-branch cells, and a label drawn for each.
+               split_name: str = "", soft: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+  """Query-like walks ending at labelled pre-branch cells, and a label for each.
 
   Per pre-branch population, ``n_per_population[i]`` cells are drawn uniformly among
-  its visited cells, each labelled with a terminal population drawn by its visit
-  fractions (every labelled cell weighs the same: on the simulator this beat
+  its visited cells (every labelled cell weighs the same: on the simulator this beat
   weighting cells by their visit counts, which favour the graph's hubs). Each
   becomes a walk ending at the cell, paced by the cell's own day (as
-  ``prediction.predict``).
+  ``prediction.predict``). With ``soft`` its targets are the cell's visit
+  fractions and y their argmax; otherwise y is drawn by the fractions.
 
   Returns:
     source_index (n, length) int64 global rows ending at the labelled cell; y (n,)
-    int32 the terminal population (column of ``visits``).
+    int32 the terminal population (column of ``visits``); targets (n, C) float32
+    visit fractions (None unless ``soft``).
   """
-  anchors, labels = [], []
+  anchors, labels_, targets = [], [], []
   total = visits.sum(axis=1)
   for p, want in zip(pre_ids, n_per_population):     # a handful of populations
     own = np.flatnonzero((graph.labels == p) & (total > 0))
@@ -147,16 +182,33 @@ def fate_walks(graph: sequences.WalkGraph, visits: np.ndarray, pre_ids: np.ndarr
                       "sequences", split_name, int(p))
       continue
     cell = own[rng.integers(0, own.size, size=int(want))]
-    cum = np.cumsum(visits[cell], axis=1) / total[cell][:, None]
-    labels.append((rng.random(cell.size)[:, None] >= cum).sum(axis=1))
+    fractions = visits[cell] / total[cell][:, None]
+    if soft:
+      labels_.append(np.argmax(fractions, axis=1))
+      targets.append(fractions.astype(np.float32))
+    else:
+      cum = np.cumsum(visits[cell], axis=1) / total[cell][:, None]
+      labels_.append((rng.random(cell.size)[:, None] >= cum).sum(axis=1))
     anchors.append(cell)
   if not anchors:
     raise DataError(f"fate: no walk from a terminal cell reached a pre-branch cell in split "
                     f"{split_name!r}; use more cells or longer walks "
-                    "(config.data.sequences.length), or check config.data.fate.pre_branch.")
+                    "(config.data.fate.label_length), or check config.data.fate.pre_branch.")
   anchors = np.concatenate(anchors)
   return (sequences.walk(graph, anchors, length, rng),
-          np.concatenate(labels).astype(np.int32))
+          np.concatenate(labels_).astype(np.int32),
+          np.concatenate(targets) if soft else None)
+
+
+def split_visits(graph: sequences.WalkGraph, pre_ids: np.ndarray, term_ids: np.ndarray,
+                 info: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+  """The visits that label one split's pre-branch cells (``data.fate.labels``)."""
+  if info["labels"] == "walks":
+    return path_visits(graph, pre_ids, term_ids, info["walks_per_anchor"],
+                       info["label_length"], rng)
+  visits = absorption.expected_visits(graph, term_ids, info["label_length"])
+  visits[~np.isin(graph.labels, pre_ids)] = 0.0
+  return visits
 
 
 def stages(data_cfg: Any) -> list[str]:
@@ -185,17 +237,18 @@ def build(data_cfg: Any, stage: stages_lib.Stages, preprocessor_path: pathlib.Pa
   with stage("walks"):
     for s, name in enumerate(splits.SPLITS):
       rng = np.random.default_rng([int(seq_cfg.seed), 3, s])
-      visits = path_visits(graphs[s], pre_ids, term_ids, info["walks_per_anchor"],
-                           length, rng)
+      visits = split_visits(graphs[s], pre_ids, term_ids, info, rng)
       labelled[name] = int(np.sum(visits.sum(axis=1) > 0))
-      src, y = fate_walks(graphs[s], visits, pre_ids, per_split[:, s], length, rng, name)
-      parts.append((src, y, np.full(y.size, s, np.int8)))
+      src, y, soft = fate_walks(graphs[s], visits, pre_ids, per_split[:, s], length, rng,
+                                name, soft=info["labels"] == "exact")
+      parts.append((src, y, np.full(y.size, s, np.int8), soft))
       logging.info("fate: %s: %d sequences ending at %d labelled pre-branch cells", name,
                    y.size, labelled[name])
   with stage("assemble"):
     src = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
     split = np.concatenate([p[2] for p in parts])
+    targets = None if parts[0][3] is None else np.concatenate([p[3] for p in parts])
     x = sequences.assemble_features(
         pcs, src, sequences.time_feature(cells.time_index, len(cells.time_labels)), 0)
     class_names = tuple(info["terminal"])
@@ -214,7 +267,7 @@ def build(data_cfg: Any, stage: stages_lib.Stages, preprocessor_path: pathlib.Pa
     fields = dict(
         x=x, y=y, mask=np.ones(src.shape, np.float32), split=split,
         modality=np.zeros(y.size, np.int8), source_index=src, class_names=class_names,
-        meta=meta)
+        meta=meta, targets=targets)
   if preprocessor_path is not None:
     with stage("save"):
       pp.save(preprocessor_path)

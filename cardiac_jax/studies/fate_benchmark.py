@@ -12,11 +12,15 @@ cells, and they are scored on the TEST-split cells only, against the truth
 headline), for all pre-branch cells, and per day (PROG). Methods:
 
 - ``cardiac_jax``: ``python -m cardiac_jax.main --config=configs/fate.py``'s
-  model (trained on training-split cells only), then ``cardiac_jax.predict``
-  over all the cells (walks among them; the exported preprocessor).
+  model (trained on training-split cells only; exact labels, the cell alone),
+  then ``cardiac_jax.predict`` over all the cells (the exported preprocessor).
+  ``cardiac_jax_walks`` / ``cardiac_jax_exact32``: the same with walk labels
+  and 32-step walks (the previous model) / exact labels and 32-step walks
+  (``VARIANTS``).
 - ``logreg``: the honest per-cell baseline: logistic regression on the same
   training sequences' last cell (PCA + day, the model's own features) and
-  labels, C chosen on the validation sequences (``baselines.LOGREG_C``).
+  labels (soft labels: their cross-entropy), C chosen on the validation
+  sequences (``baselines.LOGREG_C``).
 - ``priming``: the simulator's priming genes (``simulator.PRIMING``; CM genes'
   mean log1p expression minus CF genes'), made a probability by a 1-D logistic
   regression on the same training labels. Oracle-ish: it knows which genes carry
@@ -31,6 +35,10 @@ headline), for all pre-branch cells, and per day (PROG). Methods:
   CM cells, "CF": CF cells})``, ``compute_fate_probabilities()``, P(CM) =
   ``fate_probabilities["CM"]`` (``obsm["lineages_fwd"]``). Unsupervised: it
   uses no training labels, only which cells are CM and CF.
+- ``transfer_cardiac_jax`` / ``transfer_cellrank_pt``: the transfer test: the
+  seed's exported model predicts ANOTHER simulation (seed + 100, no refit), and
+  CellRank's PseudotimeKernel is recomputed on that sample alone; scored on all
+  its PROG cells (``score_transfer``).
 
 Each method runs in its own process (``python -m cardiac_jax.studies.fate_benchmark
 --stage=...``), so its wall time and peak RSS (``resources.run_measured``) are its
@@ -64,13 +72,24 @@ FLAGS = flags.FLAGS
 # At 230,786 cells the PseudotimeKernel's gmres solve at CellRank's default
 # tolerance returned 3 negative probabilities and CellRank refused them.
 CELLRANK_RETRY_TOL = 1e-9
-METHODS = ("cardiac_jax", "logreg", "priming", "cellrank_pt", "cellrank_ck")
-CELLRANK = ("cellrank_pt", "cellrank_ck")
-LABELS = {"cardiac_jax": "cardiac_jax fate model (walks)",
+# cardiac_jax variants: the config's model with these overrides (the issue's comparisons).
+VARIANTS = {"cardiac_jax": {},
+            "cardiac_jax_walks": {"data.fate.labels": "walks", "data.sequences.length": 32},
+            "cardiac_jax_exact32": {"data.fate.labels": "exact", "data.sequences.length": 32}}
+# The transfer test: the seed's model (no refit) and CellRank recomputed, on a new sample.
+TRANSFER = ("transfer_cardiac_jax", "transfer_cellrank_pt")
+TRANSFER_SEED_OFFSET = 100      # the new sample of seed s is the simulation of seed s + 100
+METHODS = (*VARIANTS, "logreg", "priming", "cellrank_pt", "cellrank_ck", *TRANSFER)
+CELLRANK = ("cellrank_pt", "cellrank_ck", "transfer_cellrank_pt")
+LABELS = {"cardiac_jax": "cardiac_jax fate model (config's labels and length)",
+          "cardiac_jax_walks": "cardiac_jax fate model, walk labels, 32-step walks (previous)",
+          "cardiac_jax_exact32": "cardiac_jax fate model, exact labels, 32-step walks",
           "logreg": "per-cell logistic regression, same training labels",
           "priming": "priming-gene score (oracle-ish: knows the fate genes)",
           "cellrank_pt": "CellRank 2 PseudotimeKernel (dpt_pseudotime)",
-          "cellrank_ck": "CellRank 2 ConnectivityKernel"}
+          "cellrank_ck": "CellRank 2 ConnectivityKernel",
+          "transfer_cardiac_jax": "cardiac_jax fate model of the seed, new sample, no refit",
+          "transfer_cellrank_pt": "CellRank 2 PseudotimeKernel recomputed on the new sample"}
 HEADLINE = "PROG"
 
 
@@ -89,22 +108,50 @@ def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.
 def _paths(workdir: str, seed: int) -> dict[str, pathlib.Path]:
   root = pathlib.Path(workdir) / f"seed{seed}"
   return {"root": root, "cells": root / "cells.h5ad", "split": root / "split.npz",
-          "run": root / "run", "probs": root / "p_cm"}
+          "run": root / "run", "probs": root / "p_cm",
+          "transfer_cells": root / "transfer_cells.h5ad"}
+
+
+def variant_config(config: ml_collections.ConfigDict, method: str) -> ml_collections.ConfigDict:
+  """The config of a cardiac_jax variant (``VARIANTS``)."""
+  config = config.copy_and_resolve_references()
+  for dotted, value in VARIANTS[method].items():
+    *parents, leaf = dotted.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def _run_dir(paths: dict[str, pathlib.Path], method: str) -> pathlib.Path:
+  return paths["run"] if method == "cardiac_jax" else paths["root"] / f"run_{method}"
+
+
+def transfer_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+  """The new sample of seed ``seed``: another simulation, nothing of it seen in training."""
+  from cardiac_jax import config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.with_data_seed(config, seed + TRANSFER_SEED_OFFSET)
 
 
 # ---------------------------------------------------------------- stages (one process each)
 
 
-def _prepare(config: ml_collections.ConfigDict, paths: dict[str, pathlib.Path]) -> None:
-  """The query cells (the prepared cells' rows, UNK dropped) and their split."""
+def _prepare(config: ml_collections.ConfigDict, paths: dict[str, pathlib.Path],
+             transfer: bool = False) -> None:
+  """The query cells (the prepared cells' rows, UNK dropped) and their split.
+
+  ``transfer``: the seed's new sample instead (``transfer_config``), all its cells.
+  """
   from cardiac_jax.data import fate  # pylint: disable=g-import-not-at-top
   from cardiac_jax.data import sources  # pylint: disable=g-import-not-at-top
   paths["root"].mkdir(parents=True, exist_ok=True)
   names, split = fate.cell_split_of(config.data)
   adata = sources.load_cells(config.data)
   adata = adata[names].copy()
-  adata.write_h5ad(paths["cells"])
-  np.savez(paths["split"], obs_names=names, split=split)
+  adata.write_h5ad(paths["transfer_cells" if transfer else "cells"])
+  if not transfer:
+    np.savez(paths["split"], obs_names=names, split=split)
 
 
 def _training_cells(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -113,24 +160,43 @@ def _training_cells(config: ml_collections.ConfigDict) -> dict[str, Any]:
   ds = dataset.build_dataset(config.data, progress=False)
   n_pcs = int(ds.meta["n_pcs"])
   return {"x": ds.x[:, -1, :n_pcs + 1], "y": ds.y, "split": ds.split,
-          "rows": ds.source_index[:, -1], "class_names": ds.class_names}
+          "rows": ds.source_index[:, -1], "class_names": ds.class_names,
+          "targets": ds.targets}
 
 
-def _fit_logreg(x: np.ndarray, y: np.ndarray, split: np.ndarray, seed: int) -> Any:
-  """Standardised logistic regression; C by validation accuracy (the baselines' grid)."""
+def _soft_rows(x: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, ...]:
+  """Every row once per class, weighted by its target: the weighted log-loss of these
+  rows is the cross-entropy against the soft targets (sklearn takes no soft labels)."""
+  c = targets.shape[1]
+  return (np.repeat(x, c, axis=0), np.tile(np.arange(c), len(x)), targets.ravel())
+
+
+def _fit_logreg(x: np.ndarray, y: np.ndarray, split: np.ndarray, seed: int,
+                targets: np.ndarray | None = None) -> Any:
+  """Standardised logistic regression; C by validation accuracy (the baselines' grid).
+
+  With soft ``targets`` (exact fate labels) it fits their cross-entropy and
+  chooses C by the validation cross-entropy instead.
+  """
   import threadpoolctl  # pylint: disable=g-import-not-at-top
   from sklearn import linear_model  # pylint: disable=g-import-not-at-top
   from sklearn import pipeline  # pylint: disable=g-import-not-at-top
   from sklearn import preprocessing  # pylint: disable=g-import-not-at-top
   from cardiac_jax import baselines  # pylint: disable=g-import-not-at-top
-  best, best_acc = None, -1.0
+  best, best_acc = None, -np.inf
   with threadpoolctl.threadpool_limits(baselines.MAX_THREADS):
     for c in baselines.LOGREG_C:
       clf = pipeline.make_pipeline(
           preprocessing.StandardScaler(),
           linear_model.LogisticRegression(C=c, max_iter=2000, random_state=seed))
-      clf.fit(x[split == 0], y[split == 0])
-      acc = float(np.mean(clf.predict(x[split == 1]) == y[split == 1]))
+      if targets is None:
+        clf.fit(x[split == 0], y[split == 0])
+        acc = float(np.mean(clf.predict(x[split == 1]) == y[split == 1]))
+      else:
+        xs, ys, ws = _soft_rows(x[split == 0], targets[split == 0])
+        clf.fit(xs, ys, logisticregression__sample_weight=ws)
+        proba = np.clip(clf.predict_proba(x[split == 1]), 1e-12, 1.0)
+        acc = float(np.sum(targets[split == 1] * np.log(proba)))   # minus the cross-entropy
       if acc > best_acc:
         best, best_acc = clf, acc
   return best
@@ -226,16 +292,24 @@ def run_stage(config: ml_collections.ConfigDict, stage: str, seed: int, workdir:
   from cardiac_jax import train  # pylint: disable=g-import-not-at-top
   config = seed_config(config, seed)
   paths = _paths(workdir, seed)
-  if stage == "prepare":
-    _prepare(config, paths)
+  if stage in ("prepare", "prepare_transfer"):
+    _prepare(transfer_config(config, seed) if stage == "prepare_transfer" else config, paths,
+             transfer=stage == "prepare_transfer")
     return
-  adata = ad.read_h5ad(paths["cells"])
+  adata = ad.read_h5ad(paths["transfer_cells" if stage in TRANSFER else "cells"])
   pop_key = config.data.population_key
   timings = {}
-  if stage == "cardiac_jax":
+  if stage in VARIANTS:
     t0 = time.perf_counter()
-    train.train_and_evaluate(config, str(paths["run"]))
+    train.train_and_evaluate(variant_config(config, stage), str(_run_dir(paths, stage)))
     timings["train_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model = export.load_model(_run_dir(paths, stage) / "model")
+    prediction.predict(adata, model, time_key=config.data.time_key, n_walks=n_walks,
+                       seed=seed, progress=False)
+    timings["predict_s"] = time.perf_counter() - t0
+    p = np.asarray(adata.obs["cardiac_jax_p_CM"], np.float32)
+  elif stage == "transfer_cardiac_jax":   # the seed's trained model, no refit
     t0 = time.perf_counter()
     model = export.load_model(paths["run"] / "model")
     prediction.predict(adata, model, time_key=config.data.time_key, n_walks=n_walks,
@@ -252,17 +326,18 @@ def run_stage(config: ml_collections.ConfigDict, stage: str, seed: int, workdir:
       # The build's own embedding of the query cells (same rows, train-fitted PCA).
       prepared, _, _, pcs = sources.embedded_cells(config.data)
       x = np.c_[pcs, sequences.time_feature(prepared.time_index, len(prepared.time_labels))]
-      clf = _fit_logreg(cells["x"], cells["y"], cells["split"], seed)
+      clf = _fit_logreg(cells["x"], cells["y"], cells["split"], seed, cells["targets"])
       p = _cm_column(clf, cells["class_names"], x).astype(np.float32)
     else:
       score = _priming_score(adata)
       if score is None:
         logging.warning("priming genes absent (not the simulator): no priming score")
         return
-      clf = _fit_logreg(score[cells["rows"], None], cells["y"], cells["split"], seed)
+      clf = _fit_logreg(score[cells["rows"], None], cells["y"], cells["split"], seed,
+                        cells["targets"])
       p = _cm_column(clf, cells["class_names"], score[:, None]).astype(np.float32)
   elif stage in CELLRANK:
-    p = _cellrank(adata, stage, pop_key)
+    p = _cellrank(adata, "cellrank_pt" if stage == "transfer_cellrank_pt" else stage, pop_key)
   else:
     raise app.UsageError(f"unknown stage {stage!r}; choose prepare or one of {METHODS}")
   paths["probs"].mkdir(parents=True, exist_ok=True)
@@ -307,7 +382,7 @@ def score_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
   held_out = (split == 2) & fate.pre_branch_cells(pops, pre_branch)
   truth = (obs["fate_bias"].to_numpy() > 0) if "fate_bias" in obs.columns else None
   probs = {m: np.load(paths["probs"] / f"{m}.npy") for m in methods
-           if (paths["probs"] / f"{m}.npy").exists()}
+           if m not in TRANSFER and (paths["probs"] / f"{m}.npy").exists()}
   out: dict[str, Any] = {"seed": seed, "n_held_out": int(held_out.sum()),
                          "n_held_out_prog": int(np.sum(held_out & (pops == HEADLINE))),
                          "methods": {}}
@@ -320,11 +395,34 @@ def score_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
       entry["per_day"] = {d: score(p[prog & (days == d)], truth[prog & (days == d)])
                           for d in sorted(set(days[prog]), key=_day_key)}
     out["methods"][m] = entry
+  out["transfer"] = score_transfer(config, paths, methods)
   if truth is None:       # real data: agreement with cardiac_jax on the held-out cells
     ref = probs.get("cardiac_jax")
     for m, p in probs.items():
       if ref is not None and m != "cardiac_jax":
         out["methods"][m]["agreement_with_cardiac_jax"] = agreement(ref[held_out], p[held_out])
+  return out
+
+
+def score_transfer(config: ml_collections.ConfigDict, paths: dict[str, pathlib.Path],
+                   methods: Sequence[str]) -> dict[str, Any]:
+  """Scores on the seed's new sample: ALL its PROG (and pre-branch) cells, none trained on."""
+  import anndata as ad  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.data import fate  # pylint: disable=g-import-not-at-top
+  done = [m for m in methods if m in TRANSFER and (paths["probs"] / f"{m}.npy").exists()]
+  if not done:
+    return {}
+  obs = ad.read_h5ad(paths["transfer_cells"], backed="r").obs
+  if "fate_bias" not in obs.columns:
+    return {}
+  pops = obs[config.data.population_key].astype(str).to_numpy()
+  truth = obs["fate_bias"].to_numpy() > 0
+  pre = fate.pre_branch_cells(pops, tuple(config.data.fate.pre_branch))
+  prog = pops == HEADLINE
+  out: dict[str, Any] = {"n_prog": int(prog.sum()), "n_pre_branch": int(pre.sum())}
+  for m in done:
+    p = np.load(paths["probs"] / f"{m}.npy")
+    out[m] = {"prog": score(p[prog], truth[prog]), "pre_branch": score(p[pre], truth[pre])}
   return out
 
 
@@ -390,6 +488,8 @@ def run_benchmark(config: ml_collections.ConfigDict, seeds: Sequence[int],
             if (_paths(workdir, seed)["probs"] / f"{m}.npy").exists()}
     if not (kept and _paths(workdir, seed)["split"].exists()):
       _run_child(base + ["--stage=prepare"])
+    if any(m in TRANSFER and m not in kept for m in methods):
+      _run_child(base + ["--stage=prepare_transfer"])
     costs = {}
     for m in methods:
       if m in kept:
@@ -424,9 +524,11 @@ def _machine() -> dict[str, Any]:
                                                                    time.gmtime())}
 
 
-def _mean_sd(values: list[float | None]) -> str:
-  """Mean ± sample standard deviation (ddof 1) of the values that are not None, 3 decimals."""
-  return common.fmt(common.mean_std(values, ddof=1), 3)
+def _mean_se(values: list[float | None]) -> str:
+  """Mean ± standard error (sample sd / sqrt(n)) of the values that are not None, 3 decimals."""
+  mean, sd = common.mean_std(values, ddof=1)
+  n = sum(v is not None for v in values)
+  return common.fmt((mean, None if sd is None else sd / np.sqrt(max(n, 1))), 3)
 
 
 def _walls(costs: list[dict[str, float]]) -> str:
@@ -441,7 +543,7 @@ def write_results(results: dict[str, Any], out_prefix: str) -> dict[str, pathlib
            "png": out.with_suffix(".png")}
   common.write_json(paths["json"], results)
   seeds = results["seeds"]
-  methods = results["methods"]
+  methods = [m for m in results["methods"] if m not in TRANSFER]   # scored per seed
   has_truth = any("prog" in s["methods"].get(m, {}) for s in seeds for m in methods)
   lines = [f"# Fate probabilities of held-out pre-branch cells ({results['config']})", "",
            f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores "
@@ -454,7 +556,7 @@ def write_results(results: dict[str, Any], out_prefix: str) -> dict[str, pathlib
               f"{[s['seed'] for s in seeds]}; held-out PROG cells per seed "
               f"{[s['n_held_out_prog'] for s in seeds]}, all pre-branch "
               f"{[s['n_held_out'] for s in seeds]}.", "",
-              "| method | PROG AUC (mean ± sd) | PROG AUC per seed | PROG accuracy | "
+              "| method | PROG AUC (mean ± se) | PROG AUC per seed | PROG accuracy | "
               "pre-branch AUC | pre-branch accuracy | wall s (per seed) | peak RSS MB |",
               "|---|---|---|---|---|---|---|---|"]
     for m in methods:
@@ -463,13 +565,14 @@ def write_results(results: dict[str, Any], out_prefix: str) -> dict[str, pathlib
         continue
       costs = [s["costs"][m] for s in seeds]
       lines.append(
-          f"| {LABELS[m]} | {_mean_sd([r['prog']['auc'] for r in rows])} | "
+          f"| {LABELS[m]} | {_mean_se([r['prog']['auc'] for r in rows])} | "
           f"{', '.join(common.fmt(r['prog']['auc'], 3) for r in rows)} | "
-          f"{_mean_sd([r['prog']['acc'] for r in rows])} | "
-          f"{_mean_sd([r['pre_branch']['auc'] for r in rows])} | "
-          f"{_mean_sd([r['pre_branch']['acc'] for r in rows])} | "
+          f"{_mean_se([r['prog']['acc'] for r in rows])} | "
+          f"{_mean_se([r['pre_branch']['auc'] for r in rows])} | "
+          f"{_mean_se([r['pre_branch']['acc'] for r in rows])} | "
           f"{_walls(costs)} | "
           f"{max(c['peak_rss_mb'] for c in costs):.0f} |")
+    lines += _transfer_lines(results)
     days = sorted({d for s in seeds for m in methods for d in s["methods"].get(m, {})
                    .get("per_day", {})}, key=_day_key)
     lines += ["", f"PROG per day: AUC / accuracy, mean over seeds (n = cells summed over "
@@ -481,8 +584,8 @@ def write_results(results: dict[str, Any], out_prefix: str) -> dict[str, pathlib
         per = [s["methods"].get(m, {}).get("per_day", {}).get(d) for s in seeds]
         per = [p for p in per if p]
         n = sum(p["n"] for p in per)
-        cells.append(f"{_mean_sd([p['auc'] for p in per]).split(' ±')[0]} / "
-                     f"{_mean_sd([p['acc'] for p in per]).split(' ±')[0]} (n={n})")
+        cells.append(f"{_mean_se([p['auc'] for p in per]).split(' ±')[0]} / "
+                     f"{_mean_se([p['acc'] for p in per]).split(' ±')[0]} (n={n})")
       lines.append(f"| {m} | " + " | ".join(cells) + " |")
   else:
     lines += ["", "No `fate_bias` in the data: agreement with cardiac_jax on the held-out "
@@ -509,10 +612,34 @@ def write_results(results: dict[str, Any], out_prefix: str) -> dict[str, pathlib
   return paths
 
 
+def _transfer_lines(results: dict[str, Any]) -> list[str]:
+  """The transfer table: each seed's model on a new sample vs CellRank recomputed there."""
+  seeds = results["seeds"]
+  done = [m for m in TRANSFER if all(m in s.get("transfer", {}) for s in seeds)]
+  if not done:
+    return []
+  lines = ["", f"Transfer: each seed's model predicts a NEW sample (simulator seed + "
+           f"{TRANSFER_SEED_OFFSET}, no refit); CellRank recomputed on that sample alone. All "
+           f"its PROG cells per seed {[s['transfer']['n_prog'] for s in seeds]}.", "",
+           "| method | PROG AUC (mean ± se) | PROG AUC per seed | PROG accuracy | "
+           "pre-branch AUC | wall s (per seed) | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+  for m in done:
+    rows = [s["transfer"][m] for s in seeds]
+    costs = [s["costs"][m] for s in seeds if m in s["costs"]]
+    lines.append(
+        f"| {LABELS[m]} | {_mean_se([r['prog']['auc'] for r in rows])} | "
+        f"{', '.join(common.fmt(r['prog']['auc'], 3) for r in rows)} | "
+        f"{_mean_se([r['prog']['acc'] for r in rows])} | "
+        f"{_mean_se([r['pre_branch']['auc'] for r in rows])} | {_walls(costs)} | "
+        f"{max((c['peak_rss_mb'] for c in costs), default=0):.0f} |")
+  return lines
+
+
 def _plot(results: dict[str, Any], path: pathlib.Path, has_truth: bool) -> None:
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  seeds, methods = results["seeds"], results["methods"]
+  seeds = results["seeds"]
+  methods = [m for m in results["methods"] if m not in TRANSFER]
   fig = Figure(figsize=(11, 4))
   FigureCanvasAgg(fig)
   ax1, ax2 = fig.subplots(1, 2)
@@ -553,8 +680,10 @@ def define_flags() -> None:
       lock_config=False)
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (simulator, split, walks, training).")
   flags.DEFINE_list(
-      "methods", ["cardiac_jax", "logreg", "priming", "cellrank_pt", "cellrank_ck"],
-      "Methods to run (CellRank ones are skipped with a note when cellrank is not installed).")
+      "methods", ["cardiac_jax", "cardiac_jax_walks", "logreg", "priming", "cellrank_pt",
+                  "cellrank_ck", "transfer_cardiac_jax", "transfer_cellrank_pt"],
+      f"Methods to run, of {list(METHODS)} (CellRank ones are skipped with a note when "
+      "cellrank is not installed; transfer_cardiac_jax needs cardiac_jax first).")
   flags.DEFINE_string("workdir", "runs/fate_bench", "Root of the per-seed runs.")
   flags.DEFINE_string("out", "", "Prefix of the .md/.json/.png results ('' = <workdir>/fate).")
   flags.DEFINE_integer("n_walks", 8, "cardiac_jax.predict walks per cell.")
