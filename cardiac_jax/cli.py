@@ -26,6 +26,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from cardiac_jax import compile_cache
 from cardiac_jax.data.errors import DataError
 from cardiac_jax.errors import CheckpointError
 from cardiac_jax.errors import ConfigError
@@ -250,6 +251,7 @@ def guarded(fn: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
   """``fn`` with a user's error as one line on stderr and exit status 2."""
   def run(argv: list[str]) -> None:
     try:
+      compile_cache.enable()
       fn(argv)
     except USER_ERRORS as e:
       if FLAGS.traceback:

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cardiac_jax import compile_cache
 from cardiac_jax import fileio
 from cardiac_jax import members as members_lib
 from cardiac_jax import models
@@ -314,6 +315,7 @@ def _model_dir(path: str | os.PathLike) -> pathlib.Path:
 def load_model(path: str | os.PathLike) -> Model:
   """Loads ``<workdir>/model`` (or the workdir) without the training data or the cache."""
   from cardiac_jax.data import preprocess  # pylint: disable=g-import-not-at-top
+  compile_cache.enable()
   path = _model_dir(path)
   try:
     info = json.loads((path / MODEL_JSON).read_text())

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from cardiac_jax import compile_cache
 from cardiac_jax import fingerprint as fingerprint_lib
 from cardiac_jax import input_pipeline
 from cardiac_jax import members as members_lib
@@ -118,6 +119,7 @@ class Run(NamedTuple):
 
 def build_run(config: ml_collections.ConfigDict, dataset: dataset_lib.SequenceDataset) -> Run:
   """Resolves the config for this dataset and builds model, optimizer and jitted fns."""
+  compile_cache.enable()
   split = np.asarray(dataset.split)
   for name, sid in splits_lib.SPLIT_IDS.items():
     if not np.any(split == sid):

@@ -88,7 +88,8 @@ def test_fresh_process_empty_cache_accuracy(run, tmp_path):
        f"--plots_dir={tmp_path / 'plots'}", "--true_key=type"],
       env=env, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert list(empty.iterdir()) == [], "predict must not need (or fill) the dataset cache"
+  # Only the compiled programs (compile_cache) may land there, never a dataset.
+  assert [p.name for p in empty.iterdir()] in ([], ["jax"]), "predict must not need (or fill) the dataset cache"
   annotated = ad.read_h5ad(out)
   classes = list(run["model"].class_names)
   assert list(annotated.obs["cardiac_jax_label"].cat.categories) == classes
