@@ -65,10 +65,7 @@ def expected_visits(graph: sequences.WalkGraph, term_ids: Sequence[int],
     for s in range(length - 2, -1, -1):
       later = ((graph.time_index > targets[s]) & graph.has_prev)[:, None]
       mass = back_t @ (mass * later) + same_t @ (mass * ~later)
-      while True:        # a step that skips several days keeps going back
-        later = ((graph.time_index > targets[s]) & graph.has_prev)[:, None]
-        if not np.any(mass * later):
-          break
+      while np.any(mass * later):   # a step that skips several days keeps going back
         mass = back_t @ (mass * later) + mass * ~later
       visits += mass
   return visits

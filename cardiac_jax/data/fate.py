@@ -182,11 +182,13 @@ def fate_walks(graph: sequences.WalkGraph, visits: np.ndarray, pre_ids: np.ndarr
                       "sequences", split_name, int(p))
       continue
     cell = own[rng.integers(0, own.size, size=int(want))]
-    fractions = visits[cell] / total[cell][:, None]
+    fractions, _ = absorption.fate_probabilities(visits[cell])
     if soft:
       labels_.append(np.argmax(fractions, axis=1))
       targets.append(fractions.astype(np.float32))
     else:
+      # Integer cumsum over the total: the last column is exactly 1, so a draw in [0, 1)
+      # never falls past it (a cumsum of the fractions could end a hair below 1).
       cum = np.cumsum(visits[cell], axis=1) / total[cell][:, None]
       labels_.append((rng.random(cell.size)[:, None] >= cum).sum(axis=1))
     anchors.append(cell)
