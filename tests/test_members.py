@@ -166,10 +166,21 @@ def test_num_members_must_be_positive():
     members_lib.num_members(config)
 
 
+# What rounding may move between the two member axes, as a share of what another seed
+# moves (the two members of one run ARE two seeds). Measured (tiny config, 3 epochs, CPU):
+# the largest axis difference is 0.5 % of the seed spread; a member trained with a wrong
+# seed, or gradients mixed across members, moves it by ~100 %.
+AXIS_SHARE_OF_SEED_SPREAD = 0.02
+
+
 def test_vmapped_members_equal_mapped_members(tmp_path, dataset, member_run):
-  """The two ways of running members in one program train the same models (to the
-  float32 tolerance of the members-vs-separate-runs test: batched matmuls sum in
-  another order)."""
+  """The two ways of running members in one program train the same models.
+
+  Not to a fixed float tolerance: batched matmuls sum in another order, and Adam turns
+  rounding in near-zero gradients into full-size steps, so losses part by up to ~1e-3
+  relative within an epoch while the models stay the same. The bound is the seed-to-seed
+  spread of the same run, which is what a member trained wrongly would show.
+  """
   assert members_lib.member_axis(_config(2)) == (
       "map" if jax.default_backend() == "cpu" else "vmap")
   other = "vmap" if members_lib.member_axis(_config(2)) == "map" else "map"
@@ -180,10 +191,13 @@ def test_vmapped_members_equal_mapped_members(tmp_path, dataset, member_run):
   got = report_lib.read_metrics(os.path.join(str(tmp_path), "metrics.jsonl"))
   assert len(got) == len(ref)
   for a, b in zip(ref, got):
-    for k in (0, 1):
-      for key in ("train_loss", "val_loss", "param_norm"):
-        assert b["members"][k][key] == pytest.approx(a["members"][k][key], rel=1e-3), (
-            other, a["epoch"], k, key)
+    for key in ("train_loss", "val_loss", "param_norm"):
+      spread = abs(a["members"][0][key] - a["members"][1][key])
+      assert spread > 1e-3 * abs(a["members"][0][key]), (a["epoch"], key)  # two seeds differ
+      for k in (0, 1):
+        moved = abs(b["members"][k][key] - a["members"][k][key])
+        assert moved <= AXIS_SHARE_OF_SEED_SPREAD * spread, (other, a["epoch"], k, key,
+                                                              moved / spread)
   assert results["members"]["best_epoch"] == member_run[1]["members"]["best_epoch"]
 
 
