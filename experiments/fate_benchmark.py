@@ -4,6 +4,8 @@
       --out=docs/results/fate                          # simulator, 3 seeds, CellRank if installed
   python experiments/fate_benchmark.py --config=configs/fate.py:quick --seeds=0 \
       --methods=cardiac_jax,logreg,priming             # the tests' quick mode (seconds)
+  python experiments/fate_benchmark.py --config=configs/fate_lineage.py --seeds=0,1,2 \
+      --config.data.path=/data/bed_seed{seed}.h5ad     # lineage-simulator beds (one per seed)
 
 The study lives in cardiac_jax/studies/fate_benchmark.py (also runnable as
 ``python -m cardiac_jax.studies.fate_benchmark``).

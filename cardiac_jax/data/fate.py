@@ -213,6 +213,33 @@ def split_visits(graph: sequences.WalkGraph, pre_ids: np.ndarray, term_ids: np.n
   return visits
 
 
+def graph_probabilities(data_cfg: Any, cells: Any, pcs: np.ndarray,
+                        rows: np.ndarray) -> np.ndarray:
+  """P per terminal population of the pre-branch cells among ``rows``, from their graph alone.
+
+  The exact labels' solve (``split_visits`` with ``labels = "exact"``: the same
+  kNN tables, pacing and label length) on the graph of the cells ``rows`` only.
+  With ``rows`` = one split's cells this is that split's labels; with every
+  cell it is the transductive solve a benchmark uses as an ablation (it reads
+  the held-out cells' expression, never their labels).
+
+  Returns:
+    (n_cells, len(terminal)) float64 over all of ``cells``' rows; NaN for cells
+    outside ``rows``, cells that are not pre-branch and cells no walk reached.
+  """
+  info = dict(fate_info(data_cfg), labels="exact")
+  populations = tuple(cells.class_names)
+  pre_ids = _class_ids(populations, info["pre_branch"], "pre_branch")
+  term_ids = _class_ids(populations, info["terminal"], "terminal")
+  graph = sequences.temporal_graph(pcs, cells.time_index, cells.labels, rows,
+                                   int(data_cfg.sequences.k_neighbors))
+  visits = split_visits(graph, pre_ids, term_ids, info, np.random.default_rng(0))
+  probs, reached = absorption.fate_probabilities(visits)
+  out = np.full((pcs.shape[0], len(term_ids)), np.nan)
+  out[graph.rows[reached]] = probs[reached]
+  return out
+
+
 def stages(data_cfg: Any) -> list[str]:
   """The stages ``build`` runs, in order (the progress bar's steps)."""
   return ["simulate" if data_cfg.source == "simulator" else "load", "prepare", "split",

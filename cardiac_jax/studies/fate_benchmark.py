@@ -4,6 +4,8 @@
       --out=docs/results/fate                          # simulator, 3 seeds, CellRank if installed
   python experiments/fate_benchmark.py --config=configs/fate.py:quick --seeds=0 \
       --methods=cardiac_jax,logreg,priming             # the tests' quick mode (seconds)
+  python experiments/fate_benchmark.py --config=configs/fate_lineage.py --seeds=0,1,2 \
+      --config.data.path=/data/bed_seed{seed}.h5ad     # lineage-simulator beds (one per seed)
 
 Per seed (simulator seed, split, walks and training all take it), on the
 simulation's cells without UNK, every method gives P(CM) to the pre-branch
@@ -38,7 +40,22 @@ headline), for all pre-branch cells, and per day (PROG). Methods:
 - ``transfer_cardiac_jax`` / ``transfer_cellrank_pt``: the transfer test: the
   seed's exported model predicts ANOTHER simulation (seed + 100, no refit), and
   CellRank's PseudotimeKernel is recomputed on that sample alone; scored on all
-  its PROG cells (``score_transfer``).
+  its PROG cells (``score_transfer``). On an h5ad, ``config.data.path`` holds
+  ``{seed}`` and the new sample is the file of seed + 100.
+- Ablations, never defaults (``ABSORPTION``): ``absorption_all`` is the exact
+  labels' solve (``fate.graph_probabilities``: the same kNN tables, pacing and
+  label length) on ALL the sample's cells, used as the prediction: transductive
+  like CellRank, it reads the held-out cells' expression (not their labels);
+  ``absorption_test`` the same on the test split's cells alone (the test
+  labels), ``cellrank_pt_test`` CellRank's PseudotimeKernel on them alone (as
+  small a graph); ``labels_train`` the training labels themselves, scored on the
+  TRAINING split's cells: how good the labels the model learns are.
+
+Other data (``configs/fate_lineage.py``): the populations come from
+``config.data.fate`` (P of ``terminal[0]`` is what every method gives), the
+truth, the headline population and CellRank's pseudotime from the optional
+``config.fate_benchmark`` section (``SCORING`` when absent: the simulator's
+``fate_bias > 0``, PROG, ``dpt_pseudotime``).
 
 Each method runs in its own process (``python -m cardiac_jax.studies.fate_benchmark
 --stage=...``), so its wall time and peak RSS (``resources.run_measured``) are its
@@ -79,8 +96,17 @@ VARIANTS = {"cardiac_jax": {},
 # The transfer test: the seed's model (no refit) and CellRank recomputed, on a new sample.
 TRANSFER = ("transfer_cardiac_jax", "transfer_cellrank_pt")
 TRANSFER_SEED_OFFSET = 100      # the new sample of seed s is the simulation of seed s + 100
-METHODS = (*VARIANTS, "logreg", "priming", "cellrank_pt", "cellrank_ck", *TRANSFER)
-CELLRANK = ("cellrank_pt", "cellrank_ck", "transfer_cellrank_pt")
+# Ablations of the exact solve, never defaults: ``absorption_all`` / ``absorption_test``
+# solve on all the sample's cells / the test split's alone (transductive, as CellRank: they
+# read the held-out cells' expression, not their labels); ``labels_train`` is the training
+# labels themselves, scored on the TRAINING split's cells (how good the labels are).
+# ``cellrank_pt_test``: the other side of that ablation, CellRank's PseudotimeKernel on the
+# test split's cells alone (a graph as small as ``absorption_test``'s).
+ABSORPTION = ("absorption_all", "absorption_test", "labels_train")
+TRAIN_SCORED = ("labels_train",)
+METHODS = (*VARIANTS, "logreg", "priming", "cellrank_pt", "cellrank_ck", *TRANSFER,
+           *ABSORPTION, "cellrank_pt_test")
+CELLRANK = ("cellrank_pt", "cellrank_ck", "transfer_cellrank_pt", "cellrank_pt_test")
 LABELS = {"cardiac_jax": "cardiac_jax fate model (config's labels and length)",
           "cardiac_jax_walks": "cardiac_jax fate model, walk labels, 32-step walks (previous)",
           "cardiac_jax_exact32": "cardiac_jax fate model, exact labels, 32-step walks",
@@ -89,8 +115,57 @@ LABELS = {"cardiac_jax": "cardiac_jax fate model (config's labels and length)",
           "cellrank_pt": "CellRank 2 PseudotimeKernel (dpt_pseudotime)",
           "cellrank_ck": "CellRank 2 ConnectivityKernel",
           "transfer_cardiac_jax": "cardiac_jax fate model of the seed, new sample, no refit",
-          "transfer_cellrank_pt": "CellRank 2 PseudotimeKernel recomputed on the new sample"}
-HEADLINE = "PROG"
+          "transfer_cellrank_pt": "CellRank 2 PseudotimeKernel recomputed on the new sample",
+          "absorption_all": "ABLATION (transductive, reads the test cells' expression): "
+                            "exact solve on all the sample's cells",
+          "absorption_test": "ABLATION (transductive, reads the test cells' expression): "
+                             "exact solve on the test split's cells alone",
+          "labels_train": "the training labels themselves, on TRAINING-split cells",
+          "cellrank_pt_test": "ABLATION (transductive): CellRank 2 PseudotimeKernel on the "
+                              "test split's cells alone"}
+# What is scored: the config's optional ``fate_benchmark`` section, else these (the
+# embedded simulator's): truth = obs["fate_bias"] > 0 (leans to the first terminal
+# population, CM), ties at the threshold counted as not leaning ("negative"; "drop" leaves
+# them out), the headline population PROG, CellRank's pseudotime obs["dpt_pseudotime"]
+# (computed with scanpy's DPT when the data lack it).
+SCORING = {"truth_key": "fate_bias", "truth_threshold": 0.0, "truth_ties": "negative",
+           "headline": "PROG", "pseudotime_key": "dpt_pseudotime"}
+TIES = ("negative", "drop")
+HEADLINE = SCORING["headline"]
+
+
+def scoring(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """``config.fate_benchmark``'s scoring settings over the defaults (``SCORING``)."""
+  section = config.get("fate_benchmark", None)
+  out = dict(SCORING)
+  if section is not None:
+    out.update({k: section.get(k, v) for k, v in SCORING.items()})
+  out["truth_threshold"] = float(out["truth_threshold"])
+  if out["truth_ties"] not in TIES:
+    raise app.UsageError(f"config.fate_benchmark.truth_ties={out['truth_ties']!r}; choose one "
+                         f"of {list(TIES)}")
+  return out
+
+
+def positive_class(config: ml_collections.ConfigDict) -> str:
+  """The population whose probability every method gives: the first terminal one (CM)."""
+  return str(config.data.fate.terminal[0])
+
+
+def truth_of(obs: Any, config: ml_collections.ConfigDict) -> np.ndarray | None:
+  """Per cell 1.0 (leans to ``positive_class``), 0.0, or NaN (left out); None: no truth column.
+
+  1.0 where ``obs[truth_key] > truth_threshold``; a value exactly at the threshold
+  (and a NaN) is 0.0 with ``truth_ties = "negative"``, NaN (not scored) with "drop".
+  """
+  s = scoring(config)
+  if s["truth_key"] not in obs.columns:
+    return None
+  value = obs[s["truth_key"]].to_numpy(np.float64)
+  truth = (value > s["truth_threshold"]).astype(np.float64)
+  if s["truth_ties"] == "drop":
+    truth[(value == s["truth_threshold"]) | np.isnan(value)] = np.nan
+  return truth
 
 
 # ---------------------------------------------------------------- per-seed config
@@ -99,9 +174,18 @@ HEADLINE = "PROG"
 def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
   """The config of one seed: simulator, split, walks and training all take it."""
   from cardiac_jax import config_lib  # pylint: disable=g-import-not-at-top
-  config = config_lib.with_data_seed(config, seed)
+  config = _with_sample(config, seed)
   config.seed = seed
   config.name = f"{config.name}_seed{seed}"
+  return config
+
+
+def _with_sample(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+  """``config_lib.with_data_seed``, and an h5ad path's ``{seed}`` filled with ``seed``."""
+  from cardiac_jax import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.with_data_seed(config, seed)
+  if config.data.source == "h5ad" and "{seed}" in config.data.path:
+    config.data.path = config.data.path.replace("{seed}", str(seed))
   return config
 
 
@@ -129,9 +213,16 @@ def _run_dir(paths: dict[str, pathlib.Path], method: str) -> pathlib.Path:
 
 
 def transfer_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
-  """The new sample of seed ``seed``: another simulation, nothing of it seen in training."""
-  from cardiac_jax import config_lib  # pylint: disable=g-import-not-at-top
-  return config_lib.with_data_seed(config, seed + TRANSFER_SEED_OFFSET)
+  """The new sample of seed ``seed``: another simulation, nothing of it seen in training.
+
+  ``config`` is the unseeded one: on an h5ad the new sample is the file of
+  ``config.data.path`` with ``{seed}`` = seed + ``TRANSFER_SEED_OFFSET``.
+  """
+  if config.data.source == "h5ad" and "{seed}" not in config.data.path:
+    raise app.UsageError(f"the transfer test needs a new sample, but config.data.path="
+                         f"{config.data.path!r} names one file; put {{seed}} in it (the new "
+                         f"sample of seed s is the file of s + {TRANSFER_SEED_OFFSET})")
+  return _with_sample(config, seed + TRANSFER_SEED_OFFSET)
 
 
 # ---------------------------------------------------------------- stages (one process each)
@@ -202,9 +293,10 @@ def _fit_logreg(x: np.ndarray, y: np.ndarray, split: np.ndarray, seed: int,
   return best
 
 
-def _cm_column(clf: Any, class_names: Sequence[str], x: np.ndarray) -> np.ndarray:
+def _first_column(clf: Any, x: np.ndarray) -> np.ndarray:
+  """P of class 0, the first terminal population (``positive_class``)."""
   proba = clf.predict_proba(x)
-  return proba[:, list(clf.classes_).index(list(class_names).index("CM"))]
+  return proba[:, list(clf.classes_).index(0)]
 
 
 def _priming_score(adata: Any) -> np.ndarray | None:
@@ -252,17 +344,46 @@ def _neighbors(adata: Any, n_neighbors: int, n_pcs: int) -> None:
   sc.pp.neighbors(adata, n_pcs=n_pcs, transformer=transformer)
 
 
-def _cellrank(adata: Any, kernel_name: str, population_key: str) -> np.ndarray:
-  """P(CM) of every cell from CellRank 2 (the calls of the module docstring)."""
+def _dpt(adata: Any, time_key: str, pseudotime_key: str) -> dict[str, Any]:
+  """scanpy's diffusion pseudotime into ``obs[pseudotime_key]``, for data without one.
+
+  Root: among the cells of the earliest day (``obs[time_key]``), the most extreme
+  on the first diffusion component in the direction that day lies (a usual DPT
+  root); on the neighbour graph already in ``adata``.
+  """
+  import scanpy as sc  # pylint: disable=g-import-not-at-top
+  sc.tl.diffmap(adata)
+  dc1 = np.asarray(adata.obsm["X_diffmap"])[:, 1]
+  days = adata.obs[time_key].astype(str).to_numpy()
+  first = min(set(days), key=_day_key)
+  early = np.flatnonzero(days == first)
+  direction = 1.0 if np.median(dc1[early]) >= np.median(dc1) else -1.0
+  adata.uns["iroot"] = int(early[np.argmax(direction * dc1[early])])
+  sc.tl.dpt(adata)
+  adata.obs[pseudotime_key] = adata.obs["dpt_pseudotime"].to_numpy()
+  return {"pseudotime": f"scanpy dpt, root {adata.obs_names[adata.uns['iroot']]} (day {first})"}
+
+
+def _cellrank(adata: Any, kernel_name: str, population_key: str,
+              terminal: Sequence[str] = ("CM", "CF"), pseudotime_key: str = "dpt_pseudotime",
+              time_key: str = "diffday") -> tuple[np.ndarray, dict[str, Any]]:
+  """P(terminal[0]) of every cell from CellRank 2 (the calls of the module docstring).
+
+  Without ``obs[pseudotime_key]`` the PseudotimeKernel gets scanpy's DPT (``_dpt``);
+  the second value says which pseudotime was used.
+  """
   import cellrank as cr  # pylint: disable=g-import-not-at-top
   import scanpy as sc  # pylint: disable=g-import-not-at-top
   sc.pp.normalize_total(adata, target_sum=1e4)
   sc.pp.log1p(adata)
-  sc.pp.highly_variable_genes(adata, n_top_genes=2000)
+  sc.pp.highly_variable_genes(adata, n_top_genes=min(2000, adata.n_vars))
   sc.pp.pca(adata, n_comps=50, mask_var="highly_variable")
   _neighbors(adata, n_neighbors=30, n_pcs=50)
+  info: dict[str, Any] = {}
   if kernel_name == "cellrank_pt":
-    kernel = cr.kernels.PseudotimeKernel(adata, time_key="dpt_pseudotime")
+    if pseudotime_key not in adata.obs.columns:
+      info = _dpt(adata, time_key, pseudotime_key)
+    kernel = cr.kernels.PseudotimeKernel(adata, time_key=pseudotime_key)
   else:
     kernel = cr.kernels.ConnectivityKernel(adata)
   kernel.compute_transition_matrix(show_progress_bar=False) if kernel_name == "cellrank_pt" \
@@ -270,8 +391,7 @@ def _cellrank(adata: Any, kernel_name: str, population_key: str) -> np.ndarray:
   estimator = cr.estimators.GPCCA(kernel)
   pops = adata.obs[population_key].astype(str).to_numpy()
   names = np.asarray(adata.obs_names)
-  estimator.set_terminal_states({"CM": list(names[pops == "CM"]),
-                                 "CF": list(names[pops == "CF"])})
+  estimator.set_terminal_states({str(t): list(names[pops == str(t)]) for t in terminal})
   try:
     estimator.compute_fate_probabilities(show_progress_bar=False)
   except ValueError as e:   # gmres at its default tol (1e-6) can leave tiny negatives
@@ -280,7 +400,7 @@ def _cellrank(adata: Any, kernel_name: str, population_key: str) -> np.ndarray:
     logging.warning("CellRank: %s; retrying with tol=%g", e, CELLRANK_RETRY_TOL)
     estimator.compute_fate_probabilities(show_progress_bar=False, tol=CELLRANK_RETRY_TOL)
   lineage = estimator.fate_probabilities
-  return np.asarray(lineage[["CM"]].X).ravel().astype(np.float32)
+  return np.asarray(lineage[[str(terminal[0])]].X).ravel().astype(np.float32), info
 
 
 def run_stage(config: ml_collections.ConfigDict, stage: str, seed: int, workdir: str,
@@ -290,12 +410,13 @@ def run_stage(config: ml_collections.ConfigDict, stage: str, seed: int, workdir:
   from cardiac_jax import export  # pylint: disable=g-import-not-at-top
   from cardiac_jax import prediction  # pylint: disable=g-import-not-at-top
   from cardiac_jax import train  # pylint: disable=g-import-not-at-top
-  config = seed_config(config, seed)
+  unseeded, config = config, seed_config(config, seed)
   paths = _paths(workdir, seed)
   if stage in ("prepare", "prepare_transfer"):
-    _prepare(transfer_config(config, seed) if stage == "prepare_transfer" else config, paths,
+    _prepare(transfer_config(unseeded, seed) if stage == "prepare_transfer" else config, paths,
              transfer=stage == "prepare_transfer")
     return
+  p_key = f"cardiac_jax_p_{positive_class(config)}"
   adata = ad.read_h5ad(paths["transfer_cells" if stage in TRANSFER else "cells"])
   pop_key = config.data.population_key
   timings = {}
@@ -308,14 +429,14 @@ def run_stage(config: ml_collections.ConfigDict, stage: str, seed: int, workdir:
     prediction.predict(adata, model, time_key=config.data.time_key, n_walks=n_walks,
                        seed=seed, progress=False)
     timings["predict_s"] = time.perf_counter() - t0
-    p = np.asarray(adata.obs["cardiac_jax_p_CM"], np.float32)
+    p = np.asarray(adata.obs[p_key], np.float32)
   elif stage == "transfer_cardiac_jax":   # the seed's trained model, no refit
     t0 = time.perf_counter()
     model = export.load_model(paths["run"] / "model")
     prediction.predict(adata, model, time_key=config.data.time_key, n_walks=n_walks,
                        seed=seed, progress=False)
     timings["predict_s"] = time.perf_counter() - t0
-    p = np.asarray(adata.obs["cardiac_jax_p_CM"], np.float32)
+    p = np.asarray(adata.obs[p_key], np.float32)
   elif stage in ("logreg", "priming"):
     t0 = time.perf_counter()
     cells = _training_cells(config)
@@ -327,7 +448,7 @@ def run_stage(config: ml_collections.ConfigDict, stage: str, seed: int, workdir:
       prepared, _, _, pcs = sources.embedded_cells(config.data)
       x = np.c_[pcs, sequences.time_feature(prepared.time_index, len(prepared.time_labels))]
       clf = _fit_logreg(cells["x"], cells["y"], cells["split"], seed, cells["targets"])
-      p = _cm_column(clf, cells["class_names"], x).astype(np.float32)
+      p = _first_column(clf, x).astype(np.float32)
     else:
       score = _priming_score(adata)
       if score is None:
@@ -335,9 +456,29 @@ def run_stage(config: ml_collections.ConfigDict, stage: str, seed: int, workdir:
         return
       clf = _fit_logreg(score[cells["rows"], None], cells["y"], cells["split"], seed,
                         cells["targets"])
-      p = _cm_column(clf, cells["class_names"], score[:, None]).astype(np.float32)
+      p = _first_column(clf, score[:, None]).astype(np.float32)
+  elif stage == "cellrank_pt_test":    # the test split's cells alone, a graph of 10 %
+    test = np.load(paths["split"])["split"] == 2
+    p = np.full(adata.n_obs, np.nan, np.float32)
+    p[test], info = _cellrank(adata[test].copy(), "cellrank_pt", pop_key,
+                              tuple(config.data.fate.terminal),
+                              scoring(config)["pseudotime_key"], config.data.time_key)
+    timings.update(info)
   elif stage in CELLRANK:
-    p = _cellrank(adata, "cellrank_pt" if stage == "transfer_cellrank_pt" else stage, pop_key)
+    p, info = _cellrank(adata, "cellrank_pt" if stage == "transfer_cellrank_pt" else stage,
+                        pop_key, tuple(config.data.fate.terminal),
+                        scoring(config)["pseudotime_key"], config.data.time_key)
+    timings.update(info)
+  elif stage in ABSORPTION:
+    from cardiac_jax.data import fate  # pylint: disable=g-import-not-at-top
+    from cardiac_jax.data import sources  # pylint: disable=g-import-not-at-top
+    cells, cell_split, _, pcs = sources.embedded_cells(config.data)
+    rows = {"absorption_all": np.arange(cell_split.size),
+            "absorption_test": np.flatnonzero(cell_split == 2),
+            "labels_train": np.flatnonzero(cell_split == 0)}[stage]
+    t0 = time.perf_counter()
+    p = fate.graph_probabilities(config.data, cells, pcs, rows)[:, 0].astype(np.float32)
+    timings["solve_s"] = time.perf_counter() - t0   # kNN tables + exact solve
   else:
     raise app.UsageError(f"unknown stage {stage!r}; choose prepare or one of {METHODS}")
   paths["probs"].mkdir(parents=True, exist_ok=True)
@@ -349,10 +490,14 @@ def run_stage(config: ml_collections.ConfigDict, stage: str, seed: int, workdir:
 
 
 def score(p: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
-  """ROC AUC and accuracy (P > 0.5) of P(CM) against the true fate (bool: leans CM)."""
+  """ROC AUC and accuracy (P > 0.5) of P(CM) against the true fate (leans CM: True / 1.0).
+
+  Cells with a NaN P or a NaN truth (a tie left out, ``truth_of``) are not scored.
+  """
   from sklearn import metrics  # pylint: disable=g-import-not-at-top
-  ok = ~np.isnan(p)
-  p, truth = p[ok], truth[ok]
+  truth = np.asarray(truth, np.float64)
+  ok = ~np.isnan(p) & ~np.isnan(truth)
+  p, truth = p[ok], truth[ok] > 0.5
   both = truth.any() and (~truth).any()
   return {"n": int(p.size), "auc": float(metrics.roc_auc_score(truth, p)) if both else None,
           "acc": float(np.mean((p > 0.5) == truth)) if p.size else None}
@@ -379,19 +524,25 @@ def score_seed(config: ml_collections.ConfigDict, workdir: str, seed: int,
   pre_branch = tuple(config.data.fate.pre_branch)
   pops = obs[config.data.population_key].astype(str).to_numpy()
   days = obs[config.data.time_key].astype(str).to_numpy()
-  held_out = (split == 2) & fate.pre_branch_cells(pops, pre_branch)
-  truth = (obs["fate_bias"].to_numpy() > 0) if "fate_bias" in obs.columns else None
+  pre = fate.pre_branch_cells(pops, pre_branch)
+  held_out = (split == 2) & pre
+  truth = truth_of(obs, config)
+  headline = pops == scoring(config)["headline"]
   probs = {m: np.load(paths["probs"] / f"{m}.npy") for m in methods
            if m not in TRANSFER and (paths["probs"] / f"{m}.npy").exists()}
   out: dict[str, Any] = {"seed": seed, "n_held_out": int(held_out.sum()),
-                         "n_held_out_prog": int(np.sum(held_out & (pops == HEADLINE))),
+                         "n_held_out_prog": int(np.sum(held_out & headline)),
                          "methods": {}}
+  if truth is not None and np.isnan(truth).any():
+    out["n_held_out_prog_undecided"] = int(np.sum(held_out & headline & np.isnan(truth)))
   for m, p in probs.items():
     entry: dict[str, Any] = {}
     if truth is not None:
-      prog = held_out & (pops == HEADLINE)
+      # labels_train: the training labels, scored on the training split's cells
+      scored = ((split == 0) & pre) if m in TRAIN_SCORED else held_out
+      prog = scored & headline
       entry["prog"] = score(p[prog], truth[prog])
-      entry["pre_branch"] = score(p[held_out], truth[held_out])
+      entry["pre_branch"] = score(p[scored], truth[scored])
       entry["per_day"] = {d: score(p[prog & (days == d)], truth[prog & (days == d)])
                           for d in sorted(set(days[prog]), key=_day_key)}
     out["methods"][m] = entry
@@ -413,12 +564,12 @@ def score_transfer(config: ml_collections.ConfigDict, paths: dict[str, pathlib.P
   if not done:
     return {}
   obs = ad.read_h5ad(paths["transfer_cells"], backed="r").obs
-  if "fate_bias" not in obs.columns:
+  truth = truth_of(obs, config)
+  if truth is None:
     return {}
   pops = obs[config.data.population_key].astype(str).to_numpy()
-  truth = obs["fate_bias"].to_numpy() > 0
   pre = fate.pre_branch_cells(pops, tuple(config.data.fate.pre_branch))
-  prog = pops == HEADLINE
+  prog = pops == scoring(config)["headline"]
   out: dict[str, Any] = {"n_prog": int(prog.sum()), "n_pre_branch": int(pre.sum())}
   for m in done:
     p = np.load(paths["probs"] / f"{m}.npy")
@@ -480,7 +631,8 @@ def run_benchmark(config: ml_collections.ConfigDict, seeds: Sequence[int],
     methods = [m for m in methods if m not in CELLRANK]
   common = [f"--workdir={workdir}", f"--n_walks={n_walks}", *overrides]
   results = {"seeds": [], "methods": list(methods), "cellrank_version": cr_version,
-             "notes": notes, "config": config.name,
+             "notes": notes, "config": config.name, "scoring": scoring(config),
+             "positive_class": positive_class(config),
              "command": " ".join(["python experiments/fate_benchmark.py"] + sys.argv[1:])}
   for seed in seeds:
     base = common + [f"--seed={seed}"]
@@ -545,6 +697,10 @@ def write_results(results: dict[str, Any], out_prefix: str) -> dict[str, pathlib
   seeds = results["seeds"]
   methods = [m for m in results["methods"] if m not in TRANSFER]   # scored per seed
   has_truth = any("prog" in s["methods"].get(m, {}) for s in seeds for m in methods)
+  sc = dict(SCORING, **results.get("scoring", {}))
+  head = sc["headline"]
+  on_train = [m for m in methods if m in TRAIN_SCORED]
+  methods = [m for m in methods if m not in TRAIN_SCORED]
   lines = [f"# Fate probabilities of held-out pre-branch cells ({results['config']})", "",
            f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores "
            f"(shared), {results['machine']['date']}. CellRank "
@@ -552,30 +708,30 @@ def write_results(results: dict[str, Any], out_prefix: str) -> dict[str, pathlib
            f"`{results.get('command', '')}`", ""]
   lines += [f"- {n}" for n in results["notes"]]
   if has_truth:
-    lines += ["", f"Held-out = test-split cells; truth = sign of `fate_bias`. Seeds "
-              f"{[s['seed'] for s in seeds]}; held-out PROG cells per seed "
+    lines += ["", f"Held-out = test-split cells; truth = {_truth_text(sc)}. Seeds "
+              f"{[s['seed'] for s in seeds]}; held-out {head} cells per seed "
               f"{[s['n_held_out_prog'] for s in seeds]}, all pre-branch "
-              f"{[s['n_held_out'] for s in seeds]}.", "",
-              "| method | PROG AUC (mean ± se) | PROG AUC per seed | PROG accuracy | "
-              "pre-branch AUC | pre-branch accuracy | wall s (per seed) | peak RSS MB |",
-              "|---|---|---|---|---|---|---|---|"]
-    for m in methods:
-      rows = [s["methods"].get(m) for s in seeds]
-      if not all(rows) or not all(m in s["costs"] for s in seeds):
-        continue
-      costs = [s["costs"][m] for s in seeds]
-      lines.append(
-          f"| {LABELS[m]} | {_mean_se([r['prog']['auc'] for r in rows])} | "
-          f"{', '.join(common.fmt(r['prog']['auc'], 3) for r in rows)} | "
-          f"{_mean_se([r['prog']['acc'] for r in rows])} | "
-          f"{_mean_se([r['pre_branch']['auc'] for r in rows])} | "
-          f"{_mean_se([r['pre_branch']['acc'] for r in rows])} | "
-          f"{_walls(costs)} | "
-          f"{max(c['peak_rss_mb'] for c in costs):.0f} |")
+              f"{[s['n_held_out'] for s in seeds]}.", ""]
+    if any("n_held_out_prog_undecided" in s for s in seeds):
+      lines += [f"Held-out {head} cells left out as ties (truth exactly at the threshold) per "
+                f"seed: {[s.get('n_held_out_prog_undecided', 0) for s in seeds]}.", ""]
+    header = (f"| method | {head} AUC (mean ± se) | {head} AUC per seed | {head} accuracy | "
+              "pre-branch AUC | pre-branch accuracy | wall s (per seed) | peak RSS MB |")
+    lines += [header, "|---|---|---|---|---|---|---|---|"]
+    lines += _score_rows(seeds, methods)
+    lines += _paired_lines(seeds, methods, head)
+    lines += _within_day_lines(seeds, methods, head)
+    if _score_rows(seeds, on_train):
+      lines += ["", f"Label quality: the training labels themselves against the truth, on the "
+                f"TRAINING split's {head} cells (not held out; cells no walk reached are left "
+                "out, n per seed: "
+                f"{[s['methods'][on_train[0]]['prog']['n'] for s in seeds]}).", "",
+                header, "|---|---|---|---|---|---|---|---|"]
+      lines += _score_rows(seeds, on_train)
     lines += _transfer_lines(results)
     days = sorted({d for s in seeds for m in methods for d in s["methods"].get(m, {})
                    .get("per_day", {})}, key=_day_key)
-    lines += ["", f"PROG per day: AUC / accuracy, mean over seeds (n = cells summed over "
+    lines += ["", f"{head} per day: AUC / accuracy, mean over seeds (n = cells summed over "
               "seeds)", "", "| method | " + " | ".join(days) + " |",
               "|---|" + "---|" * len(days)]
     for m in methods:
@@ -588,7 +744,7 @@ def write_results(results: dict[str, Any], out_prefix: str) -> dict[str, pathlib
                      f"{_mean_se([p['acc'] for p in per]).split(' ±')[0]} (n={n})")
       lines.append(f"| {m} | " + " | ".join(cells) + " |")
   else:
-    lines += ["", "No `fate_bias` in the data: agreement with cardiac_jax on the held-out "
+    lines += ["", f"No `{sc['truth_key']}` in the data: agreement with cardiac_jax on the held-out "
               "pre-branch cells (Spearman of P(CM); fraction called alike).", "",
               "| method | Spearman per seed | same call per seed | wall s | peak RSS MB |",
               "|---|---|---|---|---|"]
@@ -612,16 +768,105 @@ def write_results(results: dict[str, Any], out_prefix: str) -> dict[str, pathlib
   return paths
 
 
+def _truth_text(sc: dict[str, Any]) -> str:
+  """How the truth is defined, as the table's header says it."""
+  if (sc["truth_key"], sc["truth_threshold"], sc["truth_ties"]) == ("fate_bias", 0.0,
+                                                                     "negative"):
+    return "sign of `fate_bias`"
+  ties = ("left out, not scored" if sc["truth_ties"] == "drop"
+          else "counted as not leaning")
+  return (f"`{sc['truth_key']}` > {sc['truth_threshold']:g} (ties at exactly "
+          f"{sc['truth_threshold']:g} {ties})")
+
+
+def _score_rows(seeds: list[dict[str, Any]], methods: Sequence[str]) -> list[str]:
+  """One table row per method scored on every seed: AUC / accuracy, wall and peak."""
+  lines = []
+  for m in methods:
+    rows = [s["methods"].get(m) for s in seeds]
+    if not all(rows) or not all(m in s["costs"] for s in seeds):
+      continue
+    costs = [s["costs"][m] for s in seeds]
+    lines.append(
+        f"| {LABELS[m]} | {_mean_se([r['prog']['auc'] for r in rows])} | "
+        f"{', '.join(common.fmt(r['prog']['auc'], 3) for r in rows)} | "
+        f"{_mean_se([r['prog']['acc'] for r in rows])} | "
+        f"{_mean_se([r['pre_branch']['auc'] for r in rows])} | "
+        f"{_mean_se([r['pre_branch']['acc'] for r in rows])} | "
+        f"{_walls(costs)} | "
+        f"{max(c['peak_rss_mb'] for c in costs):.0f} |")
+  return lines
+
+
+def paired_differences(seeds: list[dict[str, Any]], a: str, b: str) -> list[float] | None:
+  """Per seed, headline AUC of ``a`` minus ``b`` (same held-out cells); None if one is missing."""
+  diffs = []
+  for s in seeds:
+    pa = s["methods"].get(a, {}).get("prog", {}).get("auc")
+    pb = s["methods"].get(b, {}).get("prog", {}).get("auc")
+    if pa is None or pb is None:
+      return None
+    diffs.append(pa - pb)
+  return diffs
+
+
+def within_day_auc(entry: dict[str, Any]) -> float | None:
+  """The per-day headline AUCs of one method and seed, weighted by their cells.
+
+  Pooled over days, an AUC also asks that P be comparable ACROSS days; this
+  one asks only for the order within each day (days with one class are left
+  out). From ``entry["per_day"]`` (``score_seed``).
+  """
+  days = [d for d in entry.get("per_day", {}).values() if d["auc"] is not None]
+  n = sum(d["n"] for d in days)
+  return sum(d["n"] * d["auc"] for d in days) / n if n else None
+
+
+def _within_day_lines(seeds: list[dict[str, Any]], methods: Sequence[str],
+                      head: str) -> list[str]:
+  """Within-day AUC per method (mean ± se, per seed) and the fate model minus each."""
+  rows = []
+  for m in methods:
+    vals = [within_day_auc(s["methods"].get(m, {})) for s in seeds]
+    if any(v is None for v in vals):
+      continue
+    ref = [within_day_auc(s["methods"].get("cardiac_jax", {})) for s in seeds]
+    diff = ("" if m == "cardiac_jax" or any(r is None for r in ref)
+            else _mean_se([r - v for r, v in zip(ref, vals)]))
+    rows.append(f"| {m} | {_mean_se(vals)} | {', '.join(f'{v:.3f}' for v in vals)} | {diff} |")
+  if not rows:
+    return []
+  return ["", f"Within-day {head} AUC: each day's AUC weighted by its cells (the order of P "
+          "within a day only; the pooled AUC above also needs P comparable across days):", "",
+          "| method | within-day AUC (mean ± se) | per seed | cardiac_jax − method |",
+          "|---|---|---|---|", *rows]
+
+
+def _paired_lines(seeds: list[dict[str, Any]], methods: Sequence[str], head: str) -> list[str]:
+  """The fate model minus each other method, paired by seed: mean ± se and per seed."""
+  rows = []
+  for m in methods:
+    diffs = None if m == "cardiac_jax" else paired_differences(seeds, "cardiac_jax", m)
+    if diffs:
+      rows.append(f"| cardiac_jax − {m} | {_mean_se(diffs)} | "
+                  f"{', '.join(f'{d:+.3f}' for d in diffs)} |")
+  if not rows:
+    return []
+  return ["", f"Paired by seed, {head} AUC of the fate model minus each method (mean ± se):", "",
+          "| difference | mean ± se | per seed |", "|---|---|---|", *rows]
+
+
 def _transfer_lines(results: dict[str, Any]) -> list[str]:
   """The transfer table: each seed's model on a new sample vs CellRank recomputed there."""
   seeds = results["seeds"]
   done = [m for m in TRANSFER if all(m in s.get("transfer", {}) for s in seeds)]
   if not done:
     return []
+  head = dict(SCORING, **results.get("scoring", {}))["headline"]
   lines = ["", f"Transfer: each seed's model predicts a NEW sample (simulator seed + "
            f"{TRANSFER_SEED_OFFSET}, no refit); CellRank recomputed on that sample alone. All "
-           f"its PROG cells per seed {[s['transfer']['n_prog'] for s in seeds]}.", "",
-           "| method | PROG AUC (mean ± se) | PROG AUC per seed | PROG accuracy | "
+           f"its {head} cells per seed {[s['transfer']['n_prog'] for s in seeds]}.", "",
+           f"| method | {head} AUC (mean ± se) | {head} AUC per seed | {head} accuracy | "
            "pre-branch AUC | wall s (per seed) | peak RSS MB |", "|---|---|---|---|---|---|---|"]
   for m in done:
     rows = [s["transfer"][m] for s in seeds]
@@ -632,6 +877,13 @@ def _transfer_lines(results: dict[str, Any]) -> list[str]:
         f"{_mean_se([r['prog']['acc'] for r in rows])} | "
         f"{_mean_se([r['pre_branch']['auc'] for r in rows])} | {_walls(costs)} | "
         f"{max((c['peak_rss_mb'] for c in costs), default=0):.0f} |")
+  if len(done) == 2:
+    pairs = [(s["transfer"][done[0]]["prog"]["auc"], s["transfer"][done[1]]["prog"]["auc"])
+             for s in seeds]
+    if all(a is not None and b is not None for a, b in pairs):
+      diffs = [a - b for a, b in pairs]
+      lines += ["", f"Paired by seed, {done[0]} − {done[1]}: {_mean_se(diffs)} "
+                f"({', '.join(f'{d:+.3f}' for d in diffs)})."]
   return lines
 
 
@@ -639,7 +891,8 @@ def _plot(results: dict[str, Any], path: pathlib.Path, has_truth: bool) -> None:
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   seeds = results["seeds"]
-  methods = [m for m in results["methods"] if m not in TRANSFER]
+  methods = [m for m in results["methods"] if m not in TRANSFER and m not in TRAIN_SCORED]
+  head = dict(SCORING, **results.get("scoring", {}))["headline"]
   fig = Figure(figsize=(11, 4))
   FigureCanvasAgg(fig)
   ax1, ax2 = fig.subplots(1, 2)
@@ -657,8 +910,9 @@ def _plot(results: dict[str, Any], path: pathlib.Path, has_truth: bool) -> None:
                        and s["methods"][m]["per_day"][d]["auc"] is not None] or [np.nan])
               for d in days]
       ax2.plot(days, mean, marker="o", color=f"C{i}", label=m)
-    ax1.set(ylabel="ROC AUC, held-out PROG cells", title="P(CM) vs true fate, per seed")
-    ax2.set(ylabel="ROC AUC (mean over seeds)", title="held-out PROG cells per day")
+    positive = results.get("positive_class", "CM")
+    ax1.set(ylabel=f"ROC AUC, held-out {head} cells", title=f"P({positive}) vs true fate, per seed")
+    ax2.set(ylabel="ROC AUC (mean over seeds)", title=f"held-out {head} cells per day")
     ax2.legend(fontsize=8)
   else:
     for i, m in enumerate(methods):
@@ -683,7 +937,9 @@ def define_flags() -> None:
       "methods", ["cardiac_jax", "cardiac_jax_walks", "logreg", "priming", "cellrank_pt",
                   "cellrank_ck", "transfer_cardiac_jax", "transfer_cellrank_pt"],
       f"Methods to run, of {list(METHODS)} (CellRank ones are skipped with a note when "
-      "cellrank is not installed; transfer_cardiac_jax needs cardiac_jax first).")
+      "cellrank is not installed; transfer_cardiac_jax needs cardiac_jax first; "
+      "absorption_all, absorption_test, cellrank_pt_test and labels_train are ablations, "
+      "never defaults).")
   flags.DEFINE_string("workdir", "runs/fate_bench", "Root of the per-seed runs.")
   flags.DEFINE_string("out", "", "Prefix of the .md/.json/.png results ('' = <workdir>/fate).")
   flags.DEFINE_integer("n_walks", 8, "cardiac_jax.predict walks per cell.")

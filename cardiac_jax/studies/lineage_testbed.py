@@ -3,6 +3,9 @@
   pip install -e ".[lineage]"        # lineage-simulator==0.1.2 (brings numba and scanpy)
   python -m cardiac_jax.studies.lineage_testbed --out=/work/data/lineage_bed.h5ad \
       --n_founders=2 --seed=0        # ~3K cells; --n_founders=12 for ~20K
+  python -m cardiac_jax.studies.lineage_testbed --out=bed_seed0.h5ad --n_founders=18 \
+      --holdout_founders=6 --holdout_out=bed_seed100.h5ad --nocheck   # + a second sample
+                                     # (the fate benchmark's transfer test, configs/fate_lineage.py)
 
 Why: the clonal path's embedded simulator shares its authors' assumptions with
 the model, so a clone-fate score on it proves little. lineage-simulator
@@ -354,6 +357,30 @@ def simulate_bed(settings: BedSettings = BedSettings()) -> Any:
   return adata
 
 
+def split_founders(adata: Any, n_held_out: int) -> tuple[Any, Any]:
+  """(cells of the first founders, cells of the last ``n_held_out`` founders).
+
+  Two samples of one culture that share the simulator's gene programmes (drawn
+  once per seed, after the trees): a model trained on the first can be asked
+  about the second with no refit. Another seed would not do: it draws other
+  gene programmes, so its genes mean something else. Each part keeps the clones
+  (``obsm["X_clone"]`` columns) its cells carry; a clone never spans founders.
+  """
+  founder = adata.obs["founder"].to_numpy()
+  n = int(founder.max()) + 1
+  if not 0 < n_held_out < n:
+    raise DataError(f"holdout_founders={n_held_out} must leave founders on both sides of "
+                    f"{n}; choose 1 .. {n - 1}")
+  parts = []
+  for keep in (founder < n - n_held_out, founder >= n - n_held_out):
+    part = adata[keep].copy()
+    used = np.flatnonzero(np.asarray(sp.csr_matrix(part.obsm[CLONE_OBSM]).sum(axis=0)).ravel())
+    part.obsm[CLONE_OBSM] = sp.csr_matrix(part.obsm[CLONE_OBSM])[:, used]
+    part.uns["clone_names"] = np.asarray(adata.uns["clone_names"])[used]
+    parts.append(part)
+  return parts[0], parts[1]
+
+
 def write_h5ad(adata: Any, out: str | os.PathLike) -> pathlib.Path:
   """Writes ``adata`` atomically (``fileio.atomic_write_h5ad``)."""
   from cardiac_jax import fileio   # pylint: disable=g-import-not-at-top
@@ -542,6 +569,9 @@ def _define_flags() -> Any:
   flags.DEFINE_float("sigma", d.sigma, "lineagesim Brownian sd per division.")
   flags.DEFINE_integer("seed", d.seed, "Seed.")
   flags.DEFINE_bool("check", True, "Measure one-cell vs pooled early AUC (`headroom`).")
+  flags.DEFINE_integer("holdout_founders", 0, "The last N founders' cells go to "
+                       "--holdout_out instead (a second sample, same gene programmes).")
+  flags.DEFINE_string("holdout_out", "", "Output .h5ad of --holdout_founders' cells.")
   return flags.FLAGS
 
 
@@ -560,9 +590,14 @@ def main(argv: Sequence[str]) -> None:
       barcode_efficiency=flag_values.barcode_efficiency, n_genes=flag_values.n_genes,
       commit_depth=flag_values.commit_depth, beta=flag_values.beta, sigma=flag_values.sigma,
       seed=flag_values.seed)
+  if bool(flag_values.holdout_founders) != bool(flag_values.holdout_out):
+    raise DataError("--holdout_founders and --holdout_out go together")
   started = time.perf_counter()
   adata = simulate_bed(settings)
   seconds = time.perf_counter() - started
+  if flag_values.holdout_founders:
+    adata, held = split_founders(adata, flag_values.holdout_founders)
+    write_h5ad(held, flag_values.holdout_out)
   out = write_h5ad(adata, flag_values.out)
   report = {"out": str(out), "seconds": round(seconds, 1), **summary(adata),
             "settings": json.loads(adata.uns["lineage_testbed"])}
