@@ -149,6 +149,9 @@ def _predict_flags() -> None:
                        "margin reaches this keep one walk, the rest get --n_walks; unset = "
                        "0.1 for labels, 1 (all walks) for fate models; 1 = every cell "
                        "--n_walks")
+    flags.DEFINE_integer("graph_cells_per_day", None, "the walks' steps after their anchor go "
+                         "to at most this many random cells per day (every cell is still "
+                         "predicted); unset = as many as the model's training walks had, 0 = all cells")
     flags.DEFINE_integer("seed", 0, "seed of the walks")
     flags.DEFINE_string("population_key", "", "fate models: obs column of the populations "
                         "('' = the training data's)")
@@ -171,7 +174,7 @@ def predict(argv: list[str]) -> None:
       f.model, f.input, f.output, csv_path=f.csv or None, plots_dir=f.plots_dir or None,
       true_key=f.true_key, time_key=f.time_key, counts_layer=f.counts_layer or None,
       n_walks=f.n_walks, walk_margin=f.walk_margin, seed=f.seed,
-      population_key=f.population_key,
+      graph_cells_per_day=f.graph_cells_per_day, population_key=f.population_key,
       clone_key=f.clone_key, clone_obsm=f.clone_obsm, section_key=f.section_key)
   for what, path in written.items():
     print(f"wrote {what}: {path}")

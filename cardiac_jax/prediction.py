@@ -61,7 +61,7 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
             key_added: str = "cardiac_jax", copy: bool = False, seed: int = 0,
             min_gene_fraction: float = query.MIN_GENE_FRACTION, progress: bool | None = None,
             population_key: str = "", walk_margin: float | None = None,
-            **unit_kwargs: Any) -> Any:
+            graph_cells_per_day: int | None = None, **unit_kwargs: Any) -> Any:
   """Predicts the population each cell's lineage path ends in, into the AnnData.
 
   With a fate model (``configs/fate.py``: ``model.info["fate"]``) it predicts
@@ -82,6 +82,12 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
       this keep that one walk; the others get ``n_walks`` (``walk_probabilities``).
       None = ``WALK_MARGIN`` for labels, 1 (every cell ``n_walks``) for a fate
       model, whose output is the probability itself; >= 1 = every cell ``n_walks``.
+    graph_cells_per_day: the walks' steps after their anchor go to at most this many
+      random cells of each day (every cell is still an anchor); None = as many as
+      the model's training walks had (``model.info["walks"]["train_cells_per_day"]``;
+      all the cells for models exported without it), 0 = all the cells. Why: the
+      model learned walks of that density, and the neighbour search then costs
+      cells x that, not cells squared (docs/performance.md).
     key_added: prefix of the keys written.
     copy: annotate and return a copy instead of ``adata`` itself.
     seed: seed of the walks (the result is deterministic given it).
@@ -114,14 +120,20 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
     model = export_lib.load_model(model)
   unit_predict = UNIT_PREDICTORS.get(model.info.get("task", "snapshot"))
   if unit_predict is not None:
-    if walk_margin is not None:
-      raise DataError("walk_margin applies to cell-state and fate models; this "
-                      f"{model.info['task']} model averages all n_walks walks: drop it")
+    if walk_margin is not None or graph_cells_per_day is not None:
+      raise DataError("walk_margin and graph_cells_per_day apply to cell-state and fate "
+                      f"models; this {model.info['task']} model averages all n_walks walks "
+                      "of its own units: drop them")
     return unit_predict(adata, model, time_key=time_key, counts_layer=counts_layer,
                         n_walks=n_walks, key_added=key_added, copy=copy, seed=seed,
                         min_gene_fraction=min_gene_fraction, progress=progress, **unit_kwargs)
   if n_walks < 1:
     raise DataError(f"n_walks must be >= 1, got {n_walks}")
+  if graph_cells_per_day is None:
+    graph_cells_per_day = int(model.info["walks"].get("train_cells_per_day", 0))
+  if graph_cells_per_day < 0:
+    raise DataError(f"graph_cells_per_day must be >= 0 (0 = all cells), got "
+                    f"{graph_cells_per_day}")
   time_index = query.map_time_labels(query.time_column(adata, time_key), model.time_labels)
   counts = query.read_counts(adata, model, counts_layer=counts_layer,
                              min_gene_fraction=min_gene_fraction, key_added=key_added)
@@ -146,13 +158,14 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
   used = np.zeros(n, np.int32)
   probs[anchors], used[anchors] = walk_probabilities(
       model, pcs[kept], time_index[kept], np.searchsorted(kept, anchors), n_walks=n_walks,
-      walk_margin=walk_margin, seed=seed, progress=progress)
+      walk_margin=walk_margin, seed=seed, graph_cells_per_day=graph_cells_per_day or None,
+      progress=progress)
   adata.obs[f"{key_added}_no_counts"] = empty
   adata.obs[f"{key_added}_n_walks"] = used
   fraction = float(model.info["walks"].get("observed_fraction", 1.0))
   params = {"time_key": time_key, "counts_layer": counts_layer or "", "n_walks": int(n_walks),
             "walk_margin": float(walk_margin), "seed": int(seed), "walk_length": int(length),
-            "k_neighbors": int(k),
+            "k_neighbors": int(k), "graph_cells_per_day": int(graph_cells_per_day),
             "observed_fraction": fraction, "min_gene_fraction": float(min_gene_fraction)}
   days = [model.time_labels[i] for i in np.unique(time_index)]
   common = {"model_path": str(model.path), "model_hash": model.hash,
@@ -193,6 +206,7 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
 def walk_probabilities(model: Any, pcs: np.ndarray, time_index: np.ndarray,
                        anchors: np.ndarray, *, n_walks: int = 8,
                        walk_margin: float = WALK_MARGIN, seed: int = 0,
+                       graph_cells_per_day: int | None = None,
                        progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Mean class probabilities of the walks ending at each anchor, and how many walks.
 
@@ -203,7 +217,9 @@ def walk_probabilities(model: Any, pcs: np.ndarray, time_index: np.ndarray,
   more walks only average the sequence branch's noise, which moves labels of
   uncertain cells only (docs/performance.md). The walks run among ALL
   the given cells (one ``temporal_graph``, as one split in training), in blocks of
-  ``BLOCK_CELLS`` anchors seeded per (seed, block, walk).
+  ``BLOCK_CELLS`` anchors seeded per (seed, block, walk). With ``graph_cells_per_day``
+  their steps after the anchor go only to at most that many random cells per day
+  (``sequences.reference_points``, drawn with ``seed``; None = all the cells).
 
   Returns:
     probabilities (len(anchors), C) and walks used (len(anchors),) int32.
@@ -212,8 +228,10 @@ def walk_probabilities(model: Any, pcs: np.ndarray, time_index: np.ndarray,
   if model.length == 1:
     return cell_probabilities(model, pcs, time_index, anchors, progress=progress)
   n = pcs.shape[0]
+  points = (None if graph_cells_per_day is None else
+            sequences.reference_points(time_index, graph_cells_per_day, seed))
   graph = sequences.temporal_graph(pcs, time_index, np.zeros(n, np.int32), np.arange(n),
-                                   model.k_neighbors)
+                                   model.k_neighbors, points=points)
   time_value = sequences.time_feature(time_index, len(model.time_labels))
   fraction = float(model.info["walks"].get("observed_fraction", 1.0))
   anchors = np.asarray(anchors, np.int64)

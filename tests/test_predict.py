@@ -195,6 +195,36 @@ def test_adaptive_walks_settle_confident_cells_with_one(run):
   assert np.max(np.abs(probs.sum(axis=1) - 1)) < 1e-5
 
 
+def test_walks_go_among_the_training_density_of_cells(run, monkeypatch):
+  """The walks' graph points: the model's training density by default, the given cap,
+  or all cells (0); a cap above every day's size changes nothing."""
+  density = run["model"].info["walks"]["train_cells_per_day"]
+  assert 0 < density < N_TRAIN_CELLS * 0.65 / 2      # one day's training cells
+  adata = run["adata"][:600].copy()
+  seen = []
+  build = sequences.temporal_graph
+
+  def spy(*args, points=None, **kwargs):
+    seen.append(points)
+    return build(*args, points=points, **kwargs)
+
+  monkeypatch.setattr(sequences, "temporal_graph", spy)
+  days = query.map_time_labels(query.time_column(adata, "diffday"), run["model"].time_labels)
+  runs = {cap: cardiac_jax.predict(adata, run["model"], n_walks=2, walk_margin=1.0,
+                                   graph_cells_per_day=cap, copy=True, progress=False)
+          for cap in (None, 20, 0, 10_000)}
+  np.testing.assert_array_equal(seen[0], sequences.reference_points(days, density, 0))
+  np.testing.assert_array_equal(seen[1], sequences.reference_points(days, 20, 0))
+  assert seen[2] is None
+  assert runs[20].uns["cardiac_jax"]["params"]["graph_cells_per_day"] == 20
+  assert runs[None].uns["cardiac_jax"]["params"]["graph_cells_per_day"] == density
+  np.testing.assert_array_equal(runs[0].obsm["cardiac_jax_probs"],
+                                runs[10_000].obsm["cardiac_jax_probs"])
+  assert not np.array_equal(runs[0].obsm["cardiac_jax_probs"], runs[20].obsm["cardiac_jax_probs"])
+  with pytest.raises(DataError, match="graph_cells_per_day"):
+    cardiac_jax.predict(adata, run["model"], graph_cells_per_day=-1, copy=True)
+
+
 def test_top_margin():
   p = np.array([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.4, 0.4, 0.2]], np.float32)
   np.testing.assert_allclose(prediction.top_margin(p), [0.2, 0.7, 0.0], atol=1e-7)

@@ -43,6 +43,38 @@ def test_tables_stay_in_split_and_on_the_right_day():
   assert (g.same[g.same_count > 1, 0] != np.flatnonzero(g.same_count > 1)).all()
 
 
+def test_reference_points_cap_each_day_and_keep_small_days_whole():
+  _, t, _ = _cells()
+  pts = sequences.reference_points(t, 20, seed=3)
+  assert (np.diff(pts) > 0).all()
+  per_day = np.bincount(t[pts], minlength=t.max() + 1)
+  np.testing.assert_array_equal(per_day, np.minimum(np.bincount(t), 20))
+  np.testing.assert_array_equal(pts, sequences.reference_points(t, 20, seed=3))
+  assert not np.array_equal(pts, sequences.reference_points(t, 20, seed=4))
+
+
+def test_tables_point_only_into_the_reference_points_and_never_to_self():
+  pcs, t, labels = _cells()
+  rows = np.arange(t.size)
+  pts = sequences.reference_points(t, 20, seed=0)
+  g = sequences.temporal_graph(pcs, t, labels, rows, 5, points=pts)
+  full = sequences.temporal_graph(pcs, t, labels, rows, 5)
+  assert np.isin(g.same, pts).all() and np.isin(g.prev, pts).all()
+  assert (g.time_index[g.same] == g.time_index[:, None]).all()
+  assert (g.same_count == full.same_count).all() and (g.has_prev == full.has_prev).all()
+  # A reference cell with company is not its own neighbour; the rest are its nearest.
+  crowded = np.flatnonzero(g.same_count > 1)
+  assert (g.same[crowded] != crowded[:, None]).all()
+  cell = pts[t[pts] == 0][0]
+  others = pts[(t[pts] == 0) & (pts != cell)]
+  nearest = others[np.argsort(np.linalg.norm(pcs[others] - pcs[cell], axis=1))[:5]]
+  assert set(g.same[cell]) == set(nearest)
+  # Every point of every day: the same tables as without points.
+  every = sequences.temporal_graph(pcs, t, labels, rows, 5, points=rows)
+  np.testing.assert_array_equal(every.same, full.same)
+  np.testing.assert_array_equal(every.prev, full.prev)
+
+
 def test_walks_are_monotone_anchored_and_split_local():
   g, _, t, labels = _graph()
   rng = np.random.default_rng(0)

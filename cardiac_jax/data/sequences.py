@@ -79,8 +79,33 @@ def _knn(points: np.ndarray, queries: np.ndarray | None, k: int) -> np.ndarray:
   return nn.kneighbors(queries, return_distance=False).astype(np.int64)
 
 
+def _knn_excluding_self(points: np.ndarray, queries: np.ndarray, point_ids: np.ndarray,
+                        query_ids: np.ndarray, k: int) -> np.ndarray:
+  """k nearest ``points`` of each query (indices into points), never the query itself."""
+  k_query = min(k + 1, points.shape[0])
+  idx = _knn(points, queries, k_query)
+  is_self = point_ids[idx] == query_ids[:, None]
+  # A stable sort puts each row's self (if found) last; keep the first k.
+  order = np.argsort(is_self, axis=1, kind="stable")[:, :k]
+  return np.take_along_axis(idx, order, axis=1)
+
+
+def reference_points(time_index: np.ndarray, per_day: int, seed: int) -> np.ndarray:
+  """At most ``per_day`` random cells of each time point (sorted indices), for ``points``.
+
+  Why: at prediction every cell is an anchor, but its walk needs only neighbours
+  as dense as the training graph's; searching all cells costs cells squared.
+  """
+  rng = np.random.default_rng([seed, per_day])
+  keep = []
+  for d in np.unique(time_index):
+    own = np.flatnonzero(time_index == d)
+    keep.append(own if own.size <= per_day else rng.choice(own, per_day, replace=False))
+  return np.sort(np.concatenate(keep))
+
+
 def temporal_graph(pcs: np.ndarray, time_index: np.ndarray, labels: np.ndarray,
-                   rows: np.ndarray, k: int) -> WalkGraph:
+                   rows: np.ndarray, k: int, points: np.ndarray | None = None) -> WalkGraph:
   """Builds the same-day and previous-day neighbour tables of one split's cells.
 
   Args:
@@ -89,6 +114,10 @@ def temporal_graph(pcs: np.ndarray, time_index: np.ndarray, labels: np.ndarray,
     labels: (n_cells,) int class of all cells.
     rows: global rows of this split's cells.
     k: neighbours per table; days with fewer cells use what they have.
+    points: local indices (into ``rows``) of the cells the tables may point to;
+      None = all. Every cell still gets tables, so a walk from any cell steps
+      into ``points`` and stays there: the search costs cells x points, not
+      cells x cells (``reference_points``).
 
   Returns:
     The split's WalkGraph.
@@ -108,21 +137,31 @@ def temporal_graph(pcs: np.ndarray, time_index: np.ndarray, labels: np.ndarray,
   has_prev = np.zeros(n, dtype=bool)
   days = np.unique(t)
   members = {d: np.flatnonzero(t == d) for d in days}
+  in_points = None
+  if points is not None:
+    in_points = np.zeros(n, dtype=bool)
+    in_points[np.asarray(points, dtype=np.int64)] = True
+  targets = {d: own if in_points is None or not in_points[own].any() else own[in_points[own]]
+             for d, own in members.items()}
   # One pass per populated day (a handful), each a vectorised kNN query.
   for i, d in enumerate(days):
-    own = members[d]
+    own, pts = members[d], targets[d]
     if own.size == 1:
       same[own] = own[0]
       same_count[own] = 1
-    else:
+    elif pts.size == own.size:
       k_eff = min(k, own.size - 1)
       same[own] = own[_pad_table(_knn(x[own], None, k_eff), k)]
+      same_count[own] = k_eff
+    else:
+      k_eff = min(k, max(pts.size - 1, 1))
+      same[own] = pts[_pad_table(_knn_excluding_self(x[pts], x[own], pts, own, k_eff), k)]
       same_count[own] = k_eff
     if i == 0:
       prev[own] = same[own]
       prev_count[own] = same_count[own]
       continue
-    before = members[days[i - 1]]
+    before = targets[days[i - 1]]
     k_eff = min(k, before.size)
     prev[own] = before[_pad_table(_knn(x[before], x[own], k_eff), k)]
     prev_count[own] = k_eff

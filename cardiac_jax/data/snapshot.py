@@ -200,6 +200,8 @@ def build(data_cfg: Any, stage: stages_lib.Stages, preprocessor_path: pathlib.Pa
         "n_cells": int(n_cells),
         "n_spots": int(spots.counts.shape[0]) if spots is not None else 0,
         "cells_per_split": np.bincount(cell_split, minlength=3).tolist(),
+        # The training walks' graph density: predict's walks match it (prediction.py).
+        "train_cells_per_day": int(np.bincount(cells.time_index[cell_split == 0]).max()),
         "counts": splits.counts_table(y, split, class_names),
         "temporal_counts": splits.counts_table(y[:n_t], split[:n_t], class_names),
         "spatial_counts": splits.counts_table(y[n_t:], split[n_t:], class_names),

@@ -22,6 +22,7 @@ Writes <out>.json and <out>.md.
 """
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import sys
 import time
@@ -45,8 +46,10 @@ def define_flags() -> None:
   flags.DEFINE_string("out", "runs/predict_speed", "Output prefix (<out>.json, <out>.md).")
   flags.DEFINE_list("parts", ["commands", "sweep", "throughput"], "Parts to run.")
   flags.DEFINE_integer("sweep_cells", 8000, "Anchors of the sweep.")
-  flags.DEFINE_list("margins", ["0.05", "0.1", "0.2", "0.3"], "walk_margin values swept.")
-  flags.DEFINE_list("adaptive_walks", ["3", "4", "8"],
+  flags.DEFINE_list("margins", ["0.1", "0.2"], "walk_margin values swept.")
+  flags.DEFINE_list("graph_cells", ["5000"], "graph_cells_per_day values swept (besides the "
+                    "model's training density).")
+  flags.DEFINE_list("adaptive_walks", ["4", "8"],
                     "n_walks of the adaptive rows (walks of the cells under the margin).")
   flags.DEFINE_string("true_key", "type", "obs column of the true labels.")
 
@@ -62,14 +65,18 @@ def _accuracy(pred: np.ndarray, true: np.ndarray, classes: Sequence[str]) -> flo
 
 
 def commands(cells: str, model_path: str, workdir: pathlib.Path) -> list[dict[str, Any]]:
-  """The CLI in fresh processes: adaptive walks (default) and every cell 8 walks."""
+  """The CLI in fresh processes: the labels of before (every cell 8 walks among all the
+  cells), adaptive walks among all the cells, and the default (adaptive walks among as
+  many cells per day as the model's training walks had)."""
   import anndata  # pylint: disable=g-import-not-at-top
   from cardiac_jax import export  # pylint: disable=g-import-not-at-top
   classes = export.load_model(model_path).class_names
   true = anndata.read_h5ad(cells, backed="r").obs[FLAGS.true_key].astype(str).to_numpy()
   rows, reference = [], None
-  for name, extra in (("every cell 8 walks (--walk_margin=1)", ["--walk_margin=1"]),
-                      ("default (adaptive walks)", [])):
+  for name, extra in (("every cell 8 walks among all cells (before)",
+                       ["--walk_margin=1", "--graph_cells_per_day=0"]),
+                      ("adaptive walks among all cells", ["--graph_cells_per_day=0"]),
+                      ("default (adaptive walks, training density)", [])):
     out = workdir / f"predicted_{len(rows)}.h5ad"
     csv = out.with_suffix(".csv")
     argv = [sys.executable, "-m", "cardiac_jax.cli", "predict", f"--model={model_path}",
@@ -114,29 +121,63 @@ def sweep(cells: str, model_path: str) -> tuple[list[dict[str, Any]], dict[str, 
                                replace=False))
   names = np.asarray(model.class_names)
 
-  def run(n_walks: int, margin: float) -> tuple[np.ndarray, float, float]:
+  train_density = int(model.info["walks"].get("train_cells_per_day", 0))
+  caps = sorted({int(c) for c in FLAGS.graph_cells} | ({train_density} - {0}))
+
+  def run(n_walks: int, margin: float, cap: int = 0,
+          seed: int = 0) -> tuple[np.ndarray, float, float]:
     t0 = time.perf_counter()
     probs, used = prediction.walk_probabilities(model, pcs, time_index, anchors,
                                                 n_walks=n_walks, walk_margin=margin,
+                                                seed=seed, graph_cells_per_day=cap or None,
                                                 progress=False)
     return names[probs.argmax(axis=1)], float(used.mean()), time.perf_counter() - t0
 
-  reference, _, seconds = run(8, 1.0)      # includes one graph build: timed apart below
-  rows = [{"setting": "8 walks", "mean_walks": 8.0, "agreement": 1.0,
-           "accuracy": _accuracy(reference, true[anchors], names)}]
-  for n_walks in (1, 2, 4):
-    labels, used, _ = run(n_walks, 1.0)
-    rows.append({"setting": f"{n_walks} walks", "mean_walks": used,
-                 "agreement": float(np.mean(labels == reference)),
-                 "accuracy": _accuracy(labels, true[anchors], names)})
-  for n_walks in (int(n) for n in FLAGS.adaptive_walks):
-    for margin in (float(m) for m in FLAGS.margins):
-      labels, used, _ = run(n_walks, margin)
-      rows.append({"setting": f"adaptive, {n_walks} walks under margin {margin:g}",
-                   "mean_walks": used, "agreement": float(np.mean(labels == reference)),
-                   "accuracy": _accuracy(labels, true[anchors], names)})
+  def row(setting: str, labels: np.ndarray, used: float, seconds: float) -> dict[str, Any]:
+    return {"setting": setting, "mean_walks": used, "seconds": seconds,
+            "agreement": float(np.mean(labels == reference)),
+            "accuracy": _accuracy(labels, true[anchors], names)}
+
+  with _graphs_built_once():
+    reference, _, seconds = run(8, 1.0)
+    rows = [row("8 walks among all cells (reference)", reference, 8.0, seconds)]
+    rows.append(row("8 walks among all cells, walk seed 1 (the reference's own noise)",
+                    *run(8, 1.0, seed=1)))
+    for n_walks in (1, 2, 4):
+      rows.append(row(f"{n_walks} walks", *run(n_walks, 1.0)))
+    for n_walks in (int(n) for n in FLAGS.adaptive_walks):
+      for margin in (float(m) for m in FLAGS.margins):
+        rows.append(row(f"adaptive, {n_walks} walks under margin {margin:g}",
+                        *run(n_walks, margin)))
+    for cap in caps:
+      what = f"among {cap} cells per day" + (" (training density)" if cap == train_density
+                                             else "")
+      rows.append(row(f"8 walks {what}", *run(8, 1.0, cap)))
+      rows.append(row(f"1 walk {what}", *run(1, 1.0, cap)))
+      rows.append(row(f"adaptive (default margin) {what}",
+                      *run(8, prediction.WALK_MARGIN, cap)))
   stages.update(_stage_times(model, pcs, time_index))
   return rows, stages
+
+
+@contextlib.contextmanager
+def _graphs_built_once():
+  """Within: ``temporal_graph`` builds each (cells, points) graph once (the sweep's rows
+  share graphs; ``walk_probabilities`` builds its own each call)."""
+  from cardiac_jax.data import sequences  # pylint: disable=g-import-not-at-top
+  original, built = sequences.temporal_graph, {}
+
+  def once(pcs, time_index, labels, rows, k, points=None):
+    key = (id(pcs), k, None if points is None else hash(np.asarray(points).tobytes()))
+    if key not in built:
+      built[key] = original(pcs, time_index, labels, rows, k, points=points)
+    return built[key]
+
+  sequences.temporal_graph = once
+  try:
+    yield
+  finally:
+    sequences.temporal_graph = original
 
 
 def _stage_times(model: Any, pcs: np.ndarray, time_index: np.ndarray) -> dict[str, float]:
@@ -147,10 +188,17 @@ def _stage_times(model: Any, pcs: np.ndarray, time_index: np.ndarray) -> dict[st
   from cardiac_jax.data import sequences  # pylint: disable=g-import-not-at-top
   n = pcs.shape[0]
   out = {}
+  density = int(model.info["walks"].get("train_cells_per_day", 0))
+  if density:
+    t0 = time.perf_counter()
+    sequences.temporal_graph(pcs, time_index, np.zeros(n, np.int32), np.arange(n),
+                             model.k_neighbors,
+                             points=sequences.reference_points(time_index, density, 0))
+    out[f"graph_among_{density}_cells_per_day_s"] = time.perf_counter() - t0
   t0 = time.perf_counter()
   graph = sequences.temporal_graph(pcs, time_index, np.zeros(n, np.int32), np.arange(n),
                                    model.k_neighbors)
-  out["graph_s"] = time.perf_counter() - t0
+  out["graph_among_all_cells_s"] = time.perf_counter() - t0
   block = np.arange(min(prediction.BLOCK_CELLS, n))
   t0 = time.perf_counter()
   src = sequences.walk(graph, block, model.length, np.random.default_rng(0))
@@ -198,8 +246,10 @@ def main(argv: Sequence[str]) -> None:
          for r in result["commands"]]) + [""]
   if "sweep" in result:
     lines += [f"## Walks against labels ({FLAGS.sweep_cells} anchors)", ""] + common.table(
-        ["setting", "walks per cell", "agreement with 8 walks", "accuracy"],
-        [(r["setting"], round(r["mean_walks"], 2), r["agreement"], r["accuracy"])
+        ["setting", "walks per cell", "agreement with 8 walks", "accuracy",
+         "seconds (a graph's first row includes building it)"],
+        [(r["setting"], round(r["mean_walks"], 2), r["agreement"], r["accuracy"],
+          round(r["seconds"], 1))
          for r in result["sweep"]]) + ["", "## Stages and throughput (one process)", ""]
     lines += common.table(["measure", "value"],
                           [(k, round(v, 3)) for k, v in result["stages"].items()]) + [""]
