@@ -3,7 +3,7 @@
 
   python3 -m venv /work/venv_torch && /work/venv_torch/bin/pip install -e ".[torch,test]"
   flock /work/cpu.lock /work/venv_torch/bin/python experiments/bench_torch.py \
-      --config=configs/scale1.py --steps=32 --repeats=7 --rounds=2 --out_dir=docs/results
+      --config=configs/scale1.py --steps=32 --repeats=7 --rounds=3 --out_dir=docs/results
 
 The study lives in cardiac_jax/studies/bench_torch.py (also runnable as
 ``python -m cardiac_jax.studies.bench_torch``); the torch model in

@@ -2,7 +2,7 @@
 
   python3 -m venv /work/venv_torch && /work/venv_torch/bin/pip install -e ".[torch,test]"
   flock /work/cpu.lock /work/venv_torch/bin/python experiments/bench_torch.py \
-      --config=configs/scale1.py --steps=32 --repeats=7 --rounds=2 --out_dir=docs/results
+      --config=configs/scale1.py --steps=32 --repeats=7 --rounds=3 --out_dir=docs/results
 
 One process family: this process prepares the batches and the initial weights,
 then runs each framework and mode in a child process of its own ("jax",

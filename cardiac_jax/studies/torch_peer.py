@@ -34,6 +34,10 @@ finfo.min; softmax (float32); einsum values;    finfo.min; softmax; einsum value
 Parameter names follow Flax's tree (``block_0/attn/qkv/kernel`` ...), so
 ``load_flax_params`` copies a JAX initialisation in and the two give the same
 eval-mode logits (``tests/test_bench_torch.py``, ``bench_torch``'s check).
+
+``bench_torch`` runs the timing side as ``python -m cardiac_jax.studies.torch_peer SPEC
+RESULT`` (``run_worker``: a JSON spec in, a JSON result out), a process of its own that
+imports neither JAX nor Flax.
 """
 from __future__ import annotations
 
