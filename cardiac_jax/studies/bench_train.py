@@ -123,7 +123,7 @@ def synthetic_dataset(config: Any, seed: int = 0) -> dataset_lib.SequenceDataset
       meta={"cache_key": f"bench-synthetic-{n}-{length}-{features}-{seed}"})
 
 
-def _epoch_indices(run: run_lib.Run, steps: int) -> np.ndarray:
+def epoch_indices(run: run_lib.Run, steps: int) -> np.ndarray:
   """(steps, batch) dataset rows in train.py's stratified order (epochs 1, 2, ...)."""
   labels = run.dataset.y[run.train_pos]
   orders, epoch = [], 1
@@ -139,7 +139,7 @@ def bench_training(run: run_lib.Run, steps: int, repeats: int) -> dict[str, Any]
   config = run.config
   batch_size = config.train.batch_size
   state = parallel.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
-  idx = parallel.place_batches(_epoch_indices(run, steps)[None], batch_axis=2)
+  idx = parallel.place_batches(epoch_indices(run, steps)[None], batch_axis=2)
 
   t0 = time.perf_counter()
   lowered = run.fns.train_epoch.lower(state, run.data, idx, run.train_rng)
@@ -178,6 +178,7 @@ def bench_training(run: run_lib.Run, steps: int, repeats: int) -> dict[str, Any]
       "step_ms_median": 1e3 * statistics.median(times) / steps,
       "seq_per_s": steps * batch_size / best,
       "seq_per_s_median": steps * batch_size / statistics.median(times),
+      "times_s": times,
       "flops_per_step_xla": flops,
       "flops_per_step_analytic": analytic,
       "xla_over_analytic": flops / analytic,
@@ -190,7 +191,7 @@ def profile_training(run: train.Run, steps: int, log_dir: str,
                      reference_gflops: float) -> dict[str, Any]:
   """One traced epoch call of ``steps`` steps: own time per HLO thunk, matmul vs rest."""
   state = parallel.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
-  idx = parallel.place_batches(_epoch_indices(run, steps), batch_axis=1)
+  idx = parallel.place_batches(epoch_indices(run, steps)[None], batch_axis=2)
   compiled = run.fns.train_epoch.lower(state, run.data, idx, run.train_rng).compile()
   state, sums = compiled(state, run.data, idx, run.train_rng)   # warm
   jax.block_until_ready(sums)
@@ -214,7 +215,7 @@ def bench_variants(variants: dict[str, Any], ds: Any, steps: int, repeats: int,
     k = int(cfg.train.num_members)
     run = run_lib.build_run(cfg, ds)
     state = parallel.place(run.fns.init(run.init_rng, run.data["x"][:1], run.data["mask"][:1]))
-    one = _epoch_indices(run, steps)
+    one = epoch_indices(run, steps)
     idx = parallel.place_batches(np.stack([one] * k), batch_axis=2)
     t0 = time.perf_counter()
     compiled = run.fns.train_epoch.lower(state, run.data, idx, run.train_rng).compile()
