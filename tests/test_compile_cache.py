@@ -7,10 +7,12 @@ from cardiac_jax import compile_cache
 
 @pytest.fixture(name="no_dir")
 def _no_dir():
-  old = jax.config.jax_compilation_cache_dir
+  old = (jax.config.jax_compilation_cache_dir,
+         jax.config.jax_persistent_cache_min_compile_time_secs)
   jax.config.update("jax_compilation_cache_dir", None)
   yield
-  jax.config.update("jax_compilation_cache_dir", old)
+  jax.config.update("jax_compilation_cache_dir", old[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
 
 
 def test_default_dir_sits_beside_the_dataset_cache(no_dir, tmp_path, monkeypatch):

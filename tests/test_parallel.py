@@ -142,17 +142,23 @@ def _run_processes(script: str, processes: int, devices: int) -> list[dict]:
   return outs
 
 
-def test_four_devices_train_like_one(tmp_path):
-  results = {}
-  for devices in (1, 4):
-    results[devices] = _run(_train_script(tmp_path / f"d{devices}"), devices)
-    assert results[devices]["devices"] == devices
-  one, four = results[1], results[4]
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+  """A 2-epoch run of one process with 4 CPU devices: the reference of both the
+  one-device run and the two-process run (the same script, so it is run once)."""
+  workdir = tmp_path_factory.mktemp("d4")
+  return workdir, _run(_train_script(workdir), 4)
+
+
+def test_four_devices_train_like_one(tmp_path, four_devices):
+  four_dir, four = four_devices
+  one = _run(_train_script(tmp_path / "d1"), 1)
+  assert one["devices"] == 1 and four["devices"] == 4
   assert len(one["train_loss_running"]) == 2
   np.testing.assert_allclose(four["train_loss_running"], one["train_loss_running"],
                              rtol=LOSS_RTOL)
   np.testing.assert_allclose(four["val_loss"], one["val_loss"], rtol=EVAL_LOSS_RTOL)
-  p1, p4 = (np.load(tmp_path / f"d{d}" / "params0.npz") for d in (1, 4))
+  p1, p4 = (np.load(d / "params0.npz") for d in (tmp_path / "d1", four_dir))
   checked = [k for k in p1.files if not k.endswith(GRADIENT_FREE)]
   assert len(checked) > len(p1.files) // 2
   for k in checked:
@@ -166,7 +172,7 @@ def two_processes(tmp_path_factory):
   return workdir, _run_processes(_train_script(workdir), 2, 2)
 
 
-def test_two_processes_train_like_one(tmp_path, two_processes):
+def test_two_processes_train_like_one(four_devices, two_processes):
   """Two jax.distributed processes of 2 devices each = one process of 4 devices.
 
   Same mesh, same global batches: the per-epoch metrics agree to float
@@ -174,7 +180,7 @@ def test_two_processes_train_like_one(tmp_path, two_processes):
   with the same parameters, and only the first process writes the workdir's
   files (one metrics record per epoch, not two).
   """
-  one = _run(_train_script(tmp_path / "one"), 4)
+  one_dir, one = four_devices
   two_dir, two = two_processes
   assert [r["processes"] for r in two] == [2, 2]
   assert [r["devices"] for r in two] == [4, 4] and one["devices"] == 4
@@ -184,7 +190,7 @@ def test_two_processes_train_like_one(tmp_path, two_processes):
                                rtol=LOSS_RTOL)
     np.testing.assert_allclose(r["val_loss"], one["val_loss"], rtol=EVAL_LOSS_RTOL)
     assert r["test_acc"] == pytest.approx(one["test_acc"], abs=0.02)
-  p_one = np.load(tmp_path / "one" / "params0.npz")
+  p_one = np.load(one_dir / "params0.npz")
   p_two = [np.load(two_dir / f"params{i}.npz") for i in (0, 1)]
   for k in p_one.files:
     np.testing.assert_array_equal(p_two[0][k], p_two[1][k], err_msg=k)
