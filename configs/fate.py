@@ -6,9 +6,11 @@
       --output=cells_fate.h5ad --plots_dir=plots                      # fate per cell
 
 The classes are the terminal populations (``data.fate.terminal``). Labels are
-exact (``data.fate.labels = "exact"``): the expected visits of 32-step backward
-walks from every CM and CF cell (``data.fate.label_length``), solved without
-sampling, as soft targets P(CM), P(CF) per pre-branch cell. The model reads
+forward absorption probabilities (``data.fate.labels = "forward"``): from each
+training cell, the chance that a chain moving forward over the kNN graph (same
+day or next day) reaches a CM before a CF cell, as soft targets P(CM), P(CF)
+per pre-branch cell. ``"exact"`` is the previous default: the expected visits of
+32-step backward walks from every CM and CF cell (``data.fate.label_length``). The model reads
 what a query cell has, its expression (PCA) and its day: sequences of length 1
 (``data.sequences.length``), so prediction builds no kNN graph and no walks.
 ``--config.data.fate.labels=walks --config.data.sequences.length=32`` is the
@@ -34,7 +36,7 @@ def get_config(arg=None):
   config.data.fate = ml_collections.ConfigDict()
   config.data.fate.pre_branch = fate.PRE_BRANCH
   config.data.fate.terminal = fate.TERMINAL
-  config.data.fate.labels = "exact"           # expected visits, soft targets ("walks": sampled)
+  config.data.fate.labels = "forward"   # forward absorption, soft ("exact": backward visits)
   config.data.fate.label_length = LABEL_LENGTH  # steps of the labelling walks
   config.data.fate.walks_per_anchor = 4       # labels="walks": sampled walks per CM / CF cell
   # Sequences (all splits) per pre-branch population, IPSC, MES, CMES, PROG: mostly

@@ -126,10 +126,43 @@ def test_exact_labels_are_the_limit_of_many_sampled_walks():
                              atol=0.01)
 
 
-def test_labels_option_exact_soft_walks_hard(built, tmp_path):
-  """exact: soft targets summing to one, y their argmax, saved and loaded; walks: none."""
+def test_forward_absorption_solves_the_forward_chain():
+  """forward labels == absorption of the chain written out cell by cell and solved densely."""
+  from cardiac_jax.data import absorption  # pylint: disable=g-import-not-at-top
+  graph = _branching_graph()
+  got = absorption.forward_absorption(graph, [1, 2], same_weight=0.5, tol=1e-12)
+  n = graph.size
+  ahead = [[] for _ in range(n)]          # next-day cells whose previous-day table holds i
+  for j in np.flatnonzero(graph.has_prev):
+    for i in set(graph.prev[j, :graph.prev_count[j]].tolist()):
+      ahead[i].append(j)
+  chain = np.zeros((n, n))
+  for i in range(n):
+    same = graph.same[i, :graph.same_count[i]]
+    w = 0.5 if ahead[i] else 1.0
+    np.add.at(chain[i], same, w / same.size)
+    for j in ahead[i]:
+      chain[i, j] += (1 - w) / len(ahead[i])
+  terminal = graph.labels > 0
+  hit = np.stack([graph.labels == 1, graph.labels == 2], axis=1).astype(float)
+  q = chain[~terminal][:, ~terminal]
+  r = chain[~terminal][:, terminal] @ hit[terminal]
+  want = hit.copy()
+  want[~terminal] = np.linalg.lstsq(np.eye(q.shape[0]) - q, r, rcond=None)[0]
+  np.testing.assert_allclose(got, want, atol=1e-6)
+  np.testing.assert_array_equal(got[terminal], hit[terminal])
+  reached = got.sum(axis=1) > 0
+  assert reached[~terminal].sum() > 50
+  np.testing.assert_allclose(got[reached].sum(axis=1), 1.0, atol=1e-5)   # every path ends
+  with pytest.raises(ValueError, match="same_weight"):
+    absorption.forward_absorption(graph, [1, 2], same_weight=1.0)
+
+
+def test_labels_option_forward_exact_soft_walks_hard(built, tmp_path):
+  """forward (default) and exact: soft targets summing to one, y their argmax, saved and
+  loaded, different from each other; walks: none."""
   config, ds = built
-  assert ds.meta["fate"]["labels"] == "exact" and ds.length == 1
+  assert ds.meta["fate"]["labels"] == "forward" and ds.length == 1
   np.testing.assert_allclose(ds.targets.sum(axis=1), 1.0, atol=1e-6)
   np.testing.assert_array_equal(ds.y, np.argmax(ds.targets, axis=1))
   again = dataset.SequenceDataset.load(ds.save(tmp_path / "ds.npz"))
@@ -139,6 +172,12 @@ def test_labels_option_exact_soft_walks_hard(built, tmp_path):
   walks.data.fate.labels = "walks"
   assert dataset.cache_key(walks.data) != dataset.cache_key(config.data)
   assert dataset.build_dataset(walks.data, cache=False, progress=False).targets is None
+  exact = config.copy_and_resolve_references()
+  exact.data.fate.labels = "exact"
+  backward = dataset.build_dataset(exact.data, cache=False, progress=False)
+  assert dataset.cache_key(exact.data) != dataset.cache_key(config.data)
+  np.testing.assert_allclose(backward.targets.sum(axis=1), 1.0, atol=1e-6)
+  assert not np.allclose(backward.targets[:50], ds.targets[:50])
   walks.data.fate.labels = "nope"
   with pytest.raises(DataError, match="labels"):
     dataset.build_dataset(walks.data, cache=False, progress=False)

@@ -80,12 +80,13 @@ def test_graph_probabilities_on_the_training_split_are_the_training_labels(quick
 
 
 def test_absorption_on_all_cells_sums_to_one_and_is_the_solve(quick):
-  """absorption_all: the same exact solve, over every cell, on pre-branch cells only."""
+  """absorption_all: the exact (backward-visit) solve, over every cell, on pre-branch
+  cells only."""
   from cardiac_jax.data import absorption  # pylint: disable=g-import-not-at-top
   from cardiac_jax.data import sequences  # pylint: disable=g-import-not-at-top
   config, cells, _, pcs = quick
   rows = np.arange(pcs.shape[0])
-  probs = fate.graph_probabilities(config.data, cells, pcs, rows)
+  probs = fate.graph_probabilities(config.data, cells, pcs, rows, "exact")
   got = ~np.isnan(probs[:, 0])
   np.testing.assert_allclose(probs[got].sum(axis=1), 1.0)
   pre = fate.pre_branch_cells(np.asarray(cells.class_names)[cells.labels],

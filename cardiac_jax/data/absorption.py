@@ -1,4 +1,5 @@
-"""Exact fate labels: the noise-free limit of the backward walks' visit counts.
+"""Exact fate labels: the noise-free limit of the backward walks' visit counts,
+and (``forward_absorption``) the absorption probabilities of a forward chain.
 
 The walk labels (``fate.path_visits``) count, per pre-branch cell, how many
 sampled backward walks from CM and from CF cells pass through it. Their
@@ -16,6 +17,14 @@ This is the limit of visit counting WITH multiplicity (a walk that stays on a
 cell for three steps counts three visits); ``fate.path_visits`` counts once per
 walk, so the two differ slightly on cells that walks linger on. Cost: one
 (n, 2) sparse product per step per anchor day, seconds at 230K cells.
+
+``forward_absorption`` asks the question the other way round, as CellRank does:
+from a cell, where does a chain that moves forward in time end, CM or CF? Its
+steps go to same-day neighbours or to the next day's cells whose previous-day
+table holds the cell (the backward tables reversed, so no new search), and it
+stops at the first terminal cell. The visit labels weigh a progenitor by how
+much terminal mass flows back through it; the forward chain gives every cell
+the probability of its own future, which is what a user asks.
 """
 from __future__ import annotations
 
@@ -69,6 +78,55 @@ def expected_visits(graph: sequences.WalkGraph, term_ids: Sequence[int],
         mass = back_t @ (mass * later) + mass * ~later
       visits += mass
   return visits
+
+
+def _forward_kernel(graph: sequences.WalkGraph, same_weight: float) -> sparse.csr_matrix:
+  """Row-stochastic forward chain: ``same_weight`` to the same-day table, the rest spread
+  over the next-day cells that hold the cell in their previous-day table (cells none holds
+  stay within their day)."""
+  n = graph.size
+  back = _kernel(graph.prev, graph.prev_count)
+  back = back.multiply(graph.has_prev[:, None]).tocsr()      # day 0's prev is its own day
+  ahead = (back.T > 0).astype(np.float64).tocsr()
+  out_degree = np.asarray(ahead.sum(axis=1)).ravel()
+  has_next = out_degree > 0
+  ahead = sparse.diags(np.where(has_next, 1.0 / np.maximum(out_degree, 1), 0.0)) @ ahead
+  same = _kernel(graph.same, graph.same_count)
+  w = np.where(has_next, same_weight, 1.0)
+  return (sparse.diags(w) @ same + sparse.diags(1.0 - w) @ ahead).tocsr()
+
+
+def forward_absorption(graph: sequences.WalkGraph, term_ids: Sequence[int],
+                       same_weight: float = 0.5, tol: float = 1e-6,
+                       max_steps: int = 5000) -> np.ndarray:
+  """Probability that the forward chain from each item is absorbed in each terminal population.
+
+  Args:
+    graph: one split's ``temporal_graph``.
+    term_ids: class ids of the terminal populations (the columns).
+    same_weight: the chance of a same-day step for a cell that has a next day.
+    tol: stop when no probability grows by more than this in a step.
+    max_steps: at most this many steps (the probabilities grow monotonically
+      towards their limit, so stopping early only undercounts).
+
+  Returns:
+    (graph.size, len(term_ids)) float64; terminal items are one-hot, items from
+    which no terminal cell is reachable are zero.
+  """
+  if not 0.0 <= same_weight < 1.0:
+    raise ValueError(f"same_weight must be in [0, 1), got {same_weight}")
+  term_ids = np.asarray(term_ids)
+  hit = (graph.labels[:, None] == term_ids[None, :]).astype(np.float64)
+  absorbed = hit.any(axis=1)
+  chain = sparse.diags((~absorbed).astype(np.float64)) @ _forward_kernel(graph, same_weight)
+  probs = hit.copy()
+  for _ in range(max_steps):
+    new = chain @ probs + hit
+    grown = float(np.max(new - probs, initial=0.0))
+    probs = new
+    if grown < tol:
+      break
+  return probs
 
 
 def fate_probabilities(visits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

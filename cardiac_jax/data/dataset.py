@@ -65,7 +65,7 @@ class SequenceDataset:
       that score units rather than sequences (a clone's cells, a section's
       spots: ``clones``, ``regions``); not indexed by sequence, carried as they are.
     targets: optional (N, C) float32 soft labels, rows summing to one (a fate
-      model's exact P per terminal population, ``data.fate.labels = "exact"``);
+      model's P per terminal population, ``data.fate.labels`` "forward" or "exact");
       the loss uses them instead of the one-hot of ``y`` (then their argmax).
   """
   x: np.ndarray

@@ -5,16 +5,21 @@ today's progenitors wants to know where each one is GOING. No cell carries its
 future, but the walks do: a walk from a cardiomyocyte backwards in time passes
 through the progenitors (and earlier cells) that lead to it. So:
 
-1. Labels from paths. Within one split's cells (``sequences.temporal_graph``),
-   backward walks start at every terminal cell (CM or CF, ``sequences.walk``,
-   paced by that cell's day over ``data.fate.label_length`` steps). A pre-branch
-   cell (PROG and earlier, ``data.fate.pre_branch``) is labelled by how much of
-   the walks from each terminal population pass through it. Two ways
-   (``data.fate.labels``):
-   - ``"exact"`` (default): the EXPECTED visits, solved without sampling
+1. Labels from the graph of one split's cells (``sequences.temporal_graph``:
+   same-day and previous-day kNN tables). Three ways (``data.fate.labels``):
+   - ``"forward"`` (default), as CellRank: the probability that a chain moving
+     FORWARD from the cell (same-day neighbours, or next-day cells whose
+     backward tables hold it) first reaches a CM rather than a CF cell
+     (``absorption.forward_absorption``), as soft labels P(CM), P(CF); the loss
+     is the cross-entropy against them (``SequenceDataset.targets``). On data we
+     did not generate it labels progenitors far better than the backward rules
+     (docs/results/fate_forward.md).
+   - ``"exact"``: backward walks start at every terminal cell (CM or CF,
+     ``sequences.walk``, paced by that cell's day over ``data.fate.label_length``
+     steps) and a pre-branch cell (PROG and earlier, ``data.fate.pre_branch``) is
+     labelled by how much of them pass through it: the EXPECTED visits, solved without sampling
      (``absorption.expected_visits``, sparse products over the same kNN tables
-     and pacing), give soft labels P(CM), P(CF) per cell; the loss is the
-     cross-entropy against them (``SequenceDataset.targets``).
+     and pacing), soft labels as ``"forward"``.
    - ``"walks"``: ``walks_per_anchor`` sampled walks per terminal cell, each
      counting one visit per cell it passes (``path_visits``); a sequence's hard
      label is drawn by the cell's visit fractions. Kept for comparison: its
@@ -57,7 +62,7 @@ from cardiac_jax.data.errors import DataError
 CODE_VERSION = "fate-v2"
 PRE_BRANCH = ("IPSC", "MES", "CMES", "PROG")
 TERMINAL = ("CM", "CF")
-LABELS = ("exact", "walks")
+LABELS = ("exact", "forward", "walks")
 
 
 def fate_info(data_cfg: Any) -> dict[str, Any]:
@@ -72,11 +77,13 @@ def fate_info(data_cfg: Any) -> dict[str, Any]:
 
 
 def labels(data_cfg: Any) -> str:
-  """``config.data.fate.labels``: "exact" (expected visits, soft) or "walks" (sampled)."""
+  """``config.data.fate.labels``: "exact" (expected visits, soft), "forward" (forward
+  absorption, soft) or "walks" (sampled)."""
   chosen = str(data_cfg.fate.get("labels", "walks"))
   if chosen not in LABELS:
     raise DataError(f"config.data.fate.labels={chosen!r} is unknown; choose one of "
-                    f"{list(LABELS)} (exact: noise-free soft labels; walks: sampled).")
+                    f"{list(LABELS)} (exact: expected visits of the backward walks; forward: "
+                    "absorption of a forward chain; walks: sampled backward walks).")
   return chosen
 
 
@@ -208,17 +215,21 @@ def split_visits(graph: sequences.WalkGraph, pre_ids: np.ndarray, term_ids: np.n
   if info["labels"] == "walks":
     return path_visits(graph, pre_ids, term_ids, info["walks_per_anchor"],
                        info["label_length"], rng)
-  visits = absorption.expected_visits(graph, term_ids, info["label_length"])
+  if info["labels"] == "forward":
+    visits = absorption.forward_absorption(graph, term_ids)
+  else:
+    visits = absorption.expected_visits(graph, term_ids, info["label_length"])
   visits[~np.isin(graph.labels, pre_ids)] = 0.0
   return visits
 
 
 def graph_probabilities(data_cfg: Any, cells: Any, pcs: np.ndarray,
-                        rows: np.ndarray) -> np.ndarray:
+                        rows: np.ndarray, labels_: str | None = None) -> np.ndarray:
   """P per terminal population of the pre-branch cells among ``rows``, from their graph alone.
 
-  The exact labels' solve (``split_visits`` with ``labels = "exact"``: the same
-  kNN tables, pacing and label length) on the graph of the cells ``rows`` only.
+  The labels' solve (``split_visits`` with ``labels = labels_``, "exact" or
+  "forward"; None = the config's: the same kNN tables, pacing and label length)
+  on the graph of the cells ``rows`` only.
   With ``rows`` = one split's cells this is that split's labels; with every
   cell it is the transductive solve a benchmark uses as an ablation (it reads
   the held-out cells' expression, never their labels).
@@ -227,7 +238,10 @@ def graph_probabilities(data_cfg: Any, cells: Any, pcs: np.ndarray,
     (n_cells, len(terminal)) float64 over all of ``cells``' rows; NaN for cells
     outside ``rows``, cells that are not pre-branch and cells no walk reached.
   """
-  info = dict(fate_info(data_cfg), labels="exact")
+  labels_ = labels(data_cfg) if labels_ is None else labels_
+  if labels_ not in ("exact", "forward"):
+    raise ValueError(f"graph_probabilities solves exact or forward labels, not {labels_!r}")
+  info = dict(fate_info(data_cfg), labels=labels_)
   populations = tuple(cells.class_names)
   pre_ids = _class_ids(populations, info["pre_branch"], "pre_branch")
   term_ids = _class_ids(populations, info["terminal"], "terminal")
@@ -269,7 +283,7 @@ def build(data_cfg: Any, stage: stages_lib.Stages, preprocessor_path: pathlib.Pa
       visits = split_visits(graphs[s], pre_ids, term_ids, info, rng)
       labelled[name] = int(np.sum(visits.sum(axis=1) > 0))
       src, y, soft = fate_walks(graphs[s], visits, pre_ids, per_split[:, s], length, rng,
-                                name, soft=info["labels"] == "exact")
+                                name, soft=info["labels"] != "walks")
       parts.append((src, y, np.full(y.size, s, np.int8), soft))
       logging.info("fate: %s: %d sequences ending at %d labelled pre-branch cells", name,
                    y.size, labelled[name])

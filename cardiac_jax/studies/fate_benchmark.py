@@ -14,11 +14,11 @@ cells, and they are scored on the TEST-split cells only, against the truth
 headline), for all pre-branch cells, and per day (PROG). Methods:
 
 - ``cardiac_jax``: ``python -m cardiac_jax.main --config=configs/fate.py``'s
-  model (trained on training-split cells only; exact labels, the cell alone),
+  model (trained on training-split cells only; forward labels, the cell alone),
   then ``cardiac_jax.predict`` over all the cells (the exported preprocessor).
-  ``cardiac_jax_walks`` / ``cardiac_jax_exact32``: the same with walk labels
-  and 32-step walks (the previous model) / exact labels and 32-step walks
-  (``VARIANTS``).
+  ``cardiac_jax_exact`` / ``cardiac_jax_walks`` / ``cardiac_jax_exact32``: the
+  same with exact backward-visit labels (the previous default) / walk labels and
+  32-step walks / exact labels and 32-step walks (``VARIANTS``).
 - ``logreg``: the honest per-cell baseline: logistic regression on the same
   training sequences' last cell (PCA + day, the model's own features) and
   labels (soft labels: their cross-entropy), C chosen on the validation
@@ -49,7 +49,9 @@ headline), for all pre-branch cells, and per day (PROG). Methods:
   ``absorption_test`` the same on the test split's cells alone (the test
   labels), ``cellrank_pt_test`` CellRank's PseudotimeKernel on them alone (as
   small a graph); ``labels_train`` the training labels themselves, scored on the
-  TRAINING split's cells: how good the labels the model learns are.
+  TRAINING split's cells: how good the labels the model learns are;
+  ``forward_all`` / ``labels_train_forward`` the same with the forward chain's
+  absorption (``data.fate.labels = "forward"``, CellRank's direction).
 
 Other data (``configs/fate_lineage.py``): the populations come from
 ``config.data.fate`` (P of ``terminal[0]`` is what every method gives), the
@@ -92,7 +94,8 @@ CELLRANK_RETRY_TOL = 1e-9
 # cardiac_jax variants: the config's model with these overrides (the issue's comparisons).
 VARIANTS = {"cardiac_jax": {},
             "cardiac_jax_walks": {"data.fate.labels": "walks", "data.sequences.length": 32},
-            "cardiac_jax_exact32": {"data.fate.labels": "exact", "data.sequences.length": 32}}
+            "cardiac_jax_exact32": {"data.fate.labels": "exact", "data.sequences.length": 32},
+            "cardiac_jax_exact": {"data.fate.labels": "exact"}}
 # The transfer test: the seed's model (no refit) and CellRank recomputed, on a new sample.
 TRANSFER = ("transfer_cardiac_jax", "transfer_cellrank_pt")
 TRANSFER_SEED_OFFSET = 100      # the new sample of seed s is the simulation of seed s + 100
@@ -102,14 +105,18 @@ TRANSFER_SEED_OFFSET = 100      # the new sample of seed s is the simulation of 
 # labels themselves, scored on the TRAINING split's cells (how good the labels are).
 # ``cellrank_pt_test``: the other side of that ablation, CellRank's PseudotimeKernel on the
 # test split's cells alone (a graph as small as ``absorption_test``'s).
-ABSORPTION = ("absorption_all", "absorption_test", "labels_train")
-TRAIN_SCORED = ("labels_train",)
+# ``forward_all`` / ``labels_train_forward``: the same two with the forward chain's
+# absorption (``data.fate.labels = "forward"``) in place of the backward walks' visits.
+ABSORPTION = {"absorption_all": "exact", "absorption_test": "exact", "labels_train": "exact",
+              "forward_all": "forward", "labels_train_forward": "forward"}
+TRAIN_SCORED = ("labels_train", "labels_train_forward")
 METHODS = (*VARIANTS, "logreg", "priming", "cellrank_pt", "cellrank_ck", *TRANSFER,
            *ABSORPTION, "cellrank_pt_test")
 CELLRANK = ("cellrank_pt", "cellrank_ck", "transfer_cellrank_pt", "cellrank_pt_test")
 LABELS = {"cardiac_jax": "cardiac_jax fate model (config's labels and length)",
           "cardiac_jax_walks": "cardiac_jax fate model, walk labels, 32-step walks (previous)",
           "cardiac_jax_exact32": "cardiac_jax fate model, exact labels, 32-step walks",
+          "cardiac_jax_exact": "cardiac_jax fate model, exact backward-visit labels (previous)",
           "logreg": "per-cell logistic regression, same training labels",
           "priming": "priming-gene score (oracle-ish: knows the fate genes)",
           "cellrank_pt": "CellRank 2 PseudotimeKernel (dpt_pseudotime)",
@@ -121,6 +128,10 @@ LABELS = {"cardiac_jax": "cardiac_jax fate model (config's labels and length)",
           "absorption_test": "ABLATION (transductive, reads the test cells' expression): "
                              "exact solve on the test split's cells alone",
           "labels_train": "the training labels themselves, on TRAINING-split cells",
+          "forward_all": "ABLATION (transductive, reads the test cells' expression): "
+                         "forward absorption on all the sample's cells",
+          "labels_train_forward": "forward-absorption training labels, on TRAINING-split "
+                                  "cells",
           "cellrank_pt_test": "ABLATION (transductive): CellRank 2 PseudotimeKernel on the "
                               "test split's cells alone"}
 # What is scored: the config's optional ``fate_benchmark`` section, else these (the
@@ -474,10 +485,13 @@ def run_stage(config: ml_collections.ConfigDict, stage: str, seed: int, workdir:
     from cardiac_jax.data import sources  # pylint: disable=g-import-not-at-top
     cells, cell_split, _, pcs = sources.embedded_cells(config.data)
     rows = {"absorption_all": np.arange(cell_split.size),
+            "forward_all": np.arange(cell_split.size),
             "absorption_test": np.flatnonzero(cell_split == 2),
-            "labels_train": np.flatnonzero(cell_split == 0)}[stage]
+            "labels_train": np.flatnonzero(cell_split == 0),
+            "labels_train_forward": np.flatnonzero(cell_split == 0)}[stage]
     t0 = time.perf_counter()
-    p = fate.graph_probabilities(config.data, cells, pcs, rows)[:, 0].astype(np.float32)
+    p = fate.graph_probabilities(config.data, cells, pcs, rows,
+                                 ABSORPTION[stage])[:, 0].astype(np.float32)
     timings["solve_s"] = time.perf_counter() - t0   # kNN tables + exact solve
   else:
     raise app.UsageError(f"unknown stage {stage!r}; choose prepare or one of {METHODS}")
@@ -938,8 +952,8 @@ def define_flags() -> None:
                   "cellrank_ck", "transfer_cardiac_jax", "transfer_cellrank_pt"],
       f"Methods to run, of {list(METHODS)} (CellRank ones are skipped with a note when "
       "cellrank is not installed; transfer_cardiac_jax needs cardiac_jax first; "
-      "absorption_all, absorption_test, cellrank_pt_test and labels_train are ablations, "
-      "never defaults).")
+      "absorption_all, absorption_test, forward_all, cellrank_pt_test, labels_train and "
+      "labels_train_forward are ablations, never defaults).")
   flags.DEFINE_string("workdir", "runs/fate_bench", "Root of the per-seed runs.")
   flags.DEFINE_string("out", "", "Prefix of the .md/.json/.png results ('' = <workdir>/fate).")
   flags.DEFINE_integer("n_walks", 8, "cardiac_jax.predict walks per cell.")
