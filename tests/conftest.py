@@ -13,9 +13,9 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 # collection order (--dist loadfile --no-loadscope-reorder): starting these first keeps
 # one long file from running alone at the end. Only the order of files changes; a
 # file's own tests keep theirs. A module not listed runs after them, in the usual order.
-LONGEST_FIRST = ("test_parallel.py", "test_fate.py", "test_experiments.py", "test_members.py",
-                 "test_train.py", "test_ceiling.py", "test_notebooks.py", "test_predict.py",
-                 "test_seed_benchmark.py", "test_regions.py", "test_main.py", "test_clonal.py",
+LONGEST_FIRST = ("test_parallel.py", "test_experiments.py", "test_members.py", "test_train.py",
+                 "test_ceiling.py", "test_fate.py", "test_predict.py", "test_seed_benchmark.py",
+                 "test_notebooks.py", "test_main.py", "test_regions.py", "test_clonal.py",
                  "test_models.py", "test_cospar_peer.py")
 
 

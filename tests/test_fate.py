@@ -296,22 +296,36 @@ def test_benchmark_scores_the_transfer_on_all_cells_of_the_new_sample(tmp_path):
   assert sum(fate_benchmark.LABELS[m] in "\n".join(lines) for m in fate_benchmark.TRANSFER) == 2
 
 
-@pytest.mark.slow
-def test_benchmark_quick_mode_without_cellrank(tmp_path):
-  """The benchmark's command end to end in its quick mode: held-out cells only, all scored.
+@pytest.fixture(scope="module", name="bench")
+def _bench(tmp_path_factory):
+  """The benchmark's command end to end, quick mode, on an h5ad of simulated cells.
 
   A subprocess: the script defines absl flags (``--config``) that cardiac_jax.main,
-  imported by other tests, defines too.
+  imported by other tests, defines too. One run serves the scoring with and without a
+  true fate (the second rescored in-process from the same stages).
   """
-  out = tmp_path / "fate"
+  root = tmp_path_factory.mktemp("fate_bench")
+  cfg = config_lib.preset("fate", "quick")
+  sim = cfg.data.simulator
+  path = root / "cells.h5ad"
+  simulator.simulate_cells(sim.n_cells, sim.n_genes, sim.n_donors, seed=2).write_h5ad(path)
+  out = root / "fate"
   subprocess.run(
       [sys.executable, "experiments/fate_benchmark.py", "--config=configs/fate.py:quick",
        "--config.train.num_epochs=1", "--seeds=0", "--methods=cardiac_jax,logreg,priming",
-       f"--workdir={tmp_path / 'bench'}", f"--out={out}", "--n_walks=2"],
+       "--config.data.source=h5ad", f"--config.data.path={path}",
+       f"--workdir={root / 'bench'}", f"--out={out}", "--n_walks=2"],
       cwd=REPO, check=True, capture_output=True, text=True)
+  return {"root": root, "out": out, "path": path}
+
+
+@pytest.mark.slow
+def test_benchmark_quick_mode_without_cellrank(bench):
+  """Held-out cells only, all scored, every method's cost and the three result files."""
+  out = bench["out"]
   results = json.loads(out.with_suffix(".json").read_text())
   seed = results["seeds"][0]
-  split = np.load(tmp_path / "bench" / "seed0" / "split.npz")["split"]
+  split = np.load(bench["root"] / "bench" / "seed0" / "split.npz")["split"]
   assert 0 < seed["n_held_out_prog"] <= seed["n_held_out"] <= int(np.sum(split == 2))
   for m in ("cardiac_jax", "logreg", "priming"):
     assert 0.0 <= seed["methods"][m]["prog"]["auc"] <= 1.0
@@ -322,23 +336,24 @@ def test_benchmark_quick_mode_without_cellrank(tmp_path):
   assert "held-out PROG" in out.with_suffix(".md").read_text()
 
 
-@pytest.mark.slow
-def test_benchmark_on_data_without_a_true_fate_reports_agreement(tmp_path):
+def test_benchmark_on_data_without_a_true_fate_reports_agreement(bench, tmp_path):
   """Real data (GSE175634) has no ``fate_bias``: the benchmark then scores agreement
-  between the methods on the held-out pre-branch cells instead of AUC against a truth."""
-  cfg = config_lib.preset("fate", "quick")
-  sim = cfg.data.simulator
-  adata = simulator.simulate_cells(sim.n_cells, sim.n_genes, sim.n_donors, seed=2)
+  between the methods on the held-out pre-branch cells instead of AUC against a truth.
+  The same run's stages, its cells without the truth, scored again (``--reuse``)."""
+  import anndata as ad  # pylint: disable=g-import-not-at-top
+  from cardiac_jax.studies import fate_benchmark as fb  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "bench"
+  shutil.copytree(bench["root"] / "bench", workdir)
+  cells = workdir / "seed0" / "cells.h5ad"
+  adata = ad.read_h5ad(cells)
   adata.obs = adata.obs.drop(columns=["fate_bias", "latent_time"])
-  path = tmp_path / "no_truth.h5ad"
-  adata.write_h5ad(path)
+  adata.write_h5ad(cells)
+  config = config_lib.preset("fate", "quick")
+  config.data.source, config.data.path = "h5ad", str(bench["path"])
   out = tmp_path / "fate"
-  subprocess.run(
-      [sys.executable, "experiments/fate_benchmark.py", "--config=configs/fate.py:quick",
-       "--config.train.num_epochs=1", "--seeds=0", "--methods=cardiac_jax,logreg",
-       "--config.data.source=h5ad", f"--config.data.path={path}",
-       f"--workdir={tmp_path / 'bench'}", f"--out={out}", "--n_walks=2"],
-      cwd=REPO, check=True, capture_output=True, text=True)
+  fb.run_benchmark(config, [0], ["cardiac_jax", "logreg"], str(workdir), str(out),
+                   n_walks=2, reuse=str(bench["out"].with_suffix(".json")))
   seed = json.loads(out.with_suffix(".json").read_text())["seeds"][0]
   assert "prog" not in seed["methods"]["cardiac_jax"]          # no truth, no AUC
   agree = seed["methods"]["logreg"]["agreement_with_cardiac_jax"]
