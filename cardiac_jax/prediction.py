@@ -158,7 +158,7 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
   used = np.zeros(n, np.int32)
   probs[anchors], used[anchors] = walk_probabilities(
       model, pcs[kept], time_index[kept], np.searchsorted(kept, anchors), n_walks=n_walks,
-      walk_margin=walk_margin, seed=seed, graph_cells_per_day=graph_cells_per_day or None,
+      walk_margin=walk_margin, seed=seed, graph_cells_per_day=graph_cells_per_day,
       progress=progress)
   adata.obs[f"{key_added}_no_counts"] = empty
   adata.obs[f"{key_added}_n_walks"] = used
@@ -206,7 +206,7 @@ def predict(adata: Any, model: Any, *, time_key: str = "diffday",
 def walk_probabilities(model: Any, pcs: np.ndarray, time_index: np.ndarray,
                        anchors: np.ndarray, *, n_walks: int = 8,
                        walk_margin: float = WALK_MARGIN, seed: int = 0,
-                       graph_cells_per_day: int | None = None,
+                       graph_cells_per_day: int = 0,
                        progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
   """Mean class probabilities of the walks ending at each anchor, and how many walks.
 
@@ -219,7 +219,7 @@ def walk_probabilities(model: Any, pcs: np.ndarray, time_index: np.ndarray,
   the given cells (one ``temporal_graph``, as one split in training), in blocks of
   ``BLOCK_CELLS`` anchors seeded per (seed, block, walk). With ``graph_cells_per_day``
   their steps after the anchor go only to at most that many random cells per day
-  (``sequences.reference_points``, drawn with ``seed``; None = all the cells).
+  (``sequences.reference_points``, drawn with ``seed``; 0 = all the cells).
 
   Returns:
     probabilities (len(anchors), C) and walks used (len(anchors),) int32.
@@ -228,8 +228,8 @@ def walk_probabilities(model: Any, pcs: np.ndarray, time_index: np.ndarray,
   if model.length == 1:
     return cell_probabilities(model, pcs, time_index, anchors, progress=progress)
   n = pcs.shape[0]
-  points = (None if graph_cells_per_day is None else
-            sequences.reference_points(time_index, graph_cells_per_day, seed))
+  points = (sequences.reference_points(time_index, graph_cells_per_day, seed)
+            if graph_cells_per_day else None)
   graph = sequences.temporal_graph(pcs, time_index, np.zeros(n, np.int32), np.arange(n),
                                    model.k_neighbors, points=points)
   time_value = sequences.time_feature(time_index, len(model.time_labels))

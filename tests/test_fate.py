@@ -6,6 +6,7 @@ fate output, not its quality (experiments/fate_benchmark.py measures that).
 """
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -342,7 +343,6 @@ def test_benchmark_on_data_without_a_true_fate_reports_agreement(bench, tmp_path
   The same run's stages, its cells without the truth, scored again (``--reuse``)."""
   import anndata as ad  # pylint: disable=g-import-not-at-top
   from cardiac_jax.studies import fate_benchmark as fb  # pylint: disable=g-import-not-at-top
-  import shutil  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "bench"
   shutil.copytree(bench["root"] / "bench", workdir)
   cells = workdir / "seed0" / "cells.h5ad"

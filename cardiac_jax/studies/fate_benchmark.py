@@ -107,8 +107,10 @@ TRANSFER_SEED_OFFSET = 100      # the new sample of seed s is the simulation of 
 # test split's cells alone (a graph as small as ``absorption_test``'s).
 # ``forward_all`` / ``labels_train_forward``: the same two with the forward chain's
 # absorption (``data.fate.labels = "forward"``) in place of the backward walks' visits.
-ABSORPTION = {"absorption_all": "exact", "absorption_test": "exact", "labels_train": "exact",
-              "forward_all": "forward", "labels_train_forward": "forward"}
+# Each: (the labels' rule, the split whose cells make the graph; None = all the cells).
+ABSORPTION = {"absorption_all": ("exact", None), "absorption_test": ("exact", 2),
+              "labels_train": ("exact", 0), "forward_all": ("forward", None),
+              "labels_train_forward": ("forward", 0)}
 TRAIN_SCORED = ("labels_train", "labels_train_forward")
 METHODS = (*VARIANTS, "logreg", "priming", "cellrank_pt", "cellrank_ck", *TRANSFER,
            *ABSORPTION, "cellrank_pt_test")
@@ -484,14 +486,11 @@ def run_stage(config: ml_collections.ConfigDict, stage: str, seed: int, workdir:
     from cardiac_jax.data import fate  # pylint: disable=g-import-not-at-top
     from cardiac_jax.data import sources  # pylint: disable=g-import-not-at-top
     cells, cell_split, _, pcs = sources.embedded_cells(config.data)
-    rows = {"absorption_all": np.arange(cell_split.size),
-            "forward_all": np.arange(cell_split.size),
-            "absorption_test": np.flatnonzero(cell_split == 2),
-            "labels_train": np.flatnonzero(cell_split == 0),
-            "labels_train_forward": np.flatnonzero(cell_split == 0)}[stage]
+    rule, split_id = ABSORPTION[stage]
+    rows = (np.arange(cell_split.size) if split_id is None
+            else np.flatnonzero(cell_split == split_id))
     t0 = time.perf_counter()
-    p = fate.graph_probabilities(config.data, cells, pcs, rows,
-                                 ABSORPTION[stage])[:, 0].astype(np.float32)
+    p = fate.graph_probabilities(config.data, cells, pcs, rows, rule)[:, 0].astype(np.float32)
     timings["solve_s"] = time.perf_counter() - t0   # kNN tables + exact solve
   else:
     raise app.UsageError(f"unknown stage {stage!r}; choose prepare or one of {METHODS}")

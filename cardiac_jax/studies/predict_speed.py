@@ -129,7 +129,7 @@ def sweep(cells: str, model_path: str) -> tuple[list[dict[str, Any]], dict[str, 
     t0 = time.perf_counter()
     probs, used = prediction.walk_probabilities(model, pcs, time_index, anchors,
                                                 n_walks=n_walks, walk_margin=margin,
-                                                seed=seed, graph_cells_per_day=cap or None,
+                                                seed=seed, graph_cells_per_day=cap,
                                                 progress=False)
     return names[probs.argmax(axis=1)], float(used.mean()), time.perf_counter() - t0
 
