@@ -134,8 +134,12 @@ def from_storage(tree: Any, k: int) -> Any:
 
 def merge_best(best: Any, state: Any, improved: Sequence[bool]) -> Any:
   """``best`` with the members that just improved replaced by ``state``'s."""
-  mask = jnp.asarray(np.asarray(improved, bool))
+  return _merge_best(best, state, np.asarray(improved, bool))
 
+
+@jax.jit
+def _merge_best(best: Any, state: Any, mask: jax.Array) -> Any:
+  """One program for the whole tree (eagerly, every leaf's where compiles on its own)."""
   def pick(b, s):
     return jnp.where(mask.reshape((-1,) + (1,) * (s.ndim - 1)), s, b)
   return jax.tree.map(pick, best, state)
