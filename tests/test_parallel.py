@@ -32,42 +32,54 @@ PARAM_ATOL = 1e-5
 GRADIENT_FREE = ("['embed']['bias']", "['norm_embed']['bias']", "['qkv']['bias']")
 EVAL_LOSS_RTOL = 5e-3
 
+def train_and_save(workdir: str, interrupt: bool = False) -> dict:
+  """The 2-epoch tiny run all tests here compare; this process's devices and processes.
+
+  Writes each process's final parameters to ``params<i>.npz``. ``interrupt``: stops
+  in epoch 2 as Ctrl-C would (epoch 1's checkpoint stays) and returns
+  {"interrupted": True}.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from cardiac_jax import checkpoint, report, run as run_lib, train  # pylint: disable=g-import-not-at-top
+  from test_train import synthetic_dataset, tiny_config  # pylint: disable=g-import-not-at-top
+  config = tiny_config(num_epochs=2, batch_size=16)
+  config.model.norm = "batch"
+  if interrupt:
+    real_run_epoch = train._run_epoch
+
+    def interrupted(run, state, epoch):
+      out = real_run_epoch(run, state, epoch)
+      if epoch == 2:
+        raise KeyboardInterrupt
+      return out
+    train._run_epoch = interrupted
+    try:
+      train.train_and_evaluate(config, workdir, dataset=synthetic_dataset())
+    except KeyboardInterrupt:
+      return {"interrupted": True}
+    finally:
+      train._run_epoch = real_run_epoch
+  out = train.train_and_evaluate(config, workdir, dataset=synthetic_dataset())
+  records = report.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+  run = run_lib.build_run(config, synthetic_dataset())
+  with checkpoint.Checkpointer(workdir, 3) as ckpt:
+    state, _ = ckpt.restore_latest(run.abstract_state)
+  np.savez(os.path.join(workdir, f"params{jax.process_index()}.npz"),
+           **{jax.tree_util.keystr(k): np.asarray(v)
+              for k, v in jax.tree_util.tree_leaves_with_path(state.params)})
+  return {"devices": jax.device_count(), "processes": jax.process_count(),
+          "records": len(records),
+          "train_loss_running": [r["train_loss_running"] for r in records],
+          "val_loss": [r["val_loss"] for r in records], "test_acc": out["test_acc"]}
+
+
 _TRAIN = textwrap.dedent("""
-    import json, sys, jax, numpy as np
+    import json, sys
     from cardiac_jax import parallel
     parallel.maybe_initialize_distributed()   # a no-op without JAX_COORDINATOR_ADDRESS
     sys.path.insert(0, {tests!r})
-    from test_train import synthetic_dataset, tiny_config
-    from cardiac_jax import report, run as run_lib, train
-    config = tiny_config(num_epochs=2, batch_size=16)
-    config.model.norm = "batch"
-    if {interrupt!r}:   # stop in epoch 2, as Ctrl-C would: epoch 1's checkpoint stays
-      real_run_epoch = train._run_epoch
-      def interrupted(run, state, epoch):
-        out = real_run_epoch(run, state, epoch)
-        if epoch == 2:
-          raise KeyboardInterrupt
-        return out
-      train._run_epoch = interrupted
-      try:
-        train.train_and_evaluate(config, {workdir!r}, dataset=synthetic_dataset())
-      except KeyboardInterrupt:
-        print("RESULT" + json.dumps({{"interrupted": True}}))
-        sys.exit(0)
-    out = train.train_and_evaluate(config, {workdir!r}, dataset=synthetic_dataset())
-    records = report.read_metrics({workdir!r} + "/metrics.jsonl")
-    from cardiac_jax import checkpoint
-    run = run_lib.build_run(config, synthetic_dataset())
-    with checkpoint.Checkpointer({workdir!r}, 3) as ckpt:
-      state, _ = ckpt.restore_latest(run.abstract_state)
-    np.savez({workdir!r} + f"/params{{jax.process_index()}}.npz", **{{jax.tree_util.keystr(k): np.asarray(v)
-             for k, v in jax.tree_util.tree_leaves_with_path(state.params)}})
-    print("RESULT" + json.dumps({{
-        "devices": jax.device_count(), "processes": jax.process_count(),
-        "records": len(records),
-        "train_loss_running": [r["train_loss_running"] for r in records],
-        "val_loss": [r["val_loss"] for r in records],
-        "test_acc": out["test_acc"]}}))
+    import test_parallel
+    print("RESULT" + json.dumps(test_parallel.train_and_save({workdir!r}, {interrupt!r})))
 """)
 
 _BATCH_STATS = textwrap.dedent("""
@@ -151,8 +163,10 @@ def four_devices(tmp_path_factory):
 
 
 def test_four_devices_train_like_one(tmp_path, four_devices):
+  """The one-device reference runs in this process (one CPU device): no start-up."""
   four_dir, four = four_devices
-  one = _run(_train_script(tmp_path / "d1"), 1)
+  (tmp_path / "d1").mkdir()
+  one = train_and_save(str(tmp_path / "d1"))
   assert one["devices"] == 1 and four["devices"] == 4
   assert len(one["train_loss_running"]) == 2
   np.testing.assert_allclose(four["train_loss_running"], one["train_loss_running"],
