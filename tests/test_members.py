@@ -13,7 +13,7 @@ from cardiac_jax import monitor
 from cardiac_jax import report as report_lib
 from cardiac_jax import train
 from cardiac_jax.errors import ConfigError
-from test_train import synthetic_dataset, tiny_config
+from test_train import synthetic_dataset, tiny_config, train_until_interrupted
 
 EPOCHS = 3
 
@@ -96,22 +96,10 @@ def test_ensemble_probabilities_are_the_members_mean(member_run, dataset):
                              atol=1e-5)
 
 
-def test_resume_with_members_matches_uninterrupted(tmp_path, dataset, member_run,
-                                                   monkeypatch):
+def test_resume_with_members_matches_uninterrupted(tmp_path, dataset, member_run):
   straight_dir, straight_results = member_run
   workdir = str(tmp_path / "resumed")
-  real = train._run_epoch
-
-  def interrupted(run, state, epoch):
-    out = real(run, state, epoch)
-    if epoch == 2:
-      raise KeyboardInterrupt
-    return out
-
-  monkeypatch.setattr(train, "_run_epoch", interrupted)
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(_config(2), workdir, dataset=dataset)
-  monkeypatch.setattr(train, "_run_epoch", real)
+  assert train_until_interrupted(_config(2), workdir, dataset) == [1, 2]
   results = train.train_and_evaluate(_config(2), workdir, dataset=dataset)
   a = report_lib.read_metrics(os.path.join(straight_dir, "metrics.jsonl"))
   b = report_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))

@@ -41,24 +41,12 @@ def train_and_save(workdir: str, interrupt: bool = False) -> dict:
   """
   import jax  # pylint: disable=g-import-not-at-top
   from cardiac_jax import checkpoint, report, run as run_lib, train  # pylint: disable=g-import-not-at-top
-  from test_train import synthetic_dataset, tiny_config  # pylint: disable=g-import-not-at-top
+  from test_train import synthetic_dataset, tiny_config, train_until_interrupted  # pylint: disable=g-import-not-at-top
   config = tiny_config(num_epochs=2, batch_size=16)
   config.model.norm = "batch"
   if interrupt:
-    real_run_epoch = train._run_epoch
-
-    def interrupted(run, state, epoch):
-      out = real_run_epoch(run, state, epoch)
-      if epoch == 2:
-        raise KeyboardInterrupt
-      return out
-    train._run_epoch = interrupted
-    try:
-      train.train_and_evaluate(config, workdir, dataset=synthetic_dataset())
-    except KeyboardInterrupt:
-      return {"interrupted": True}
-    finally:
-      train._run_epoch = real_run_epoch
+    train_until_interrupted(config, workdir, synthetic_dataset())
+    return {"interrupted": True}
   out = train.train_and_evaluate(config, workdir, dataset=synthetic_dataset())
   records = report.read_metrics(os.path.join(workdir, "metrics.jsonl"))
   run = run_lib.build_run(config, synthetic_dataset())

@@ -61,6 +61,30 @@ def tiny_config(num_epochs: int = 2, **train_overrides):
   return config
 
 
+def train_until_interrupted(config, workdir: str, dataset, stop_epoch: int = 2) -> list[int]:
+  """Trains as Ctrl-C during epoch ``stop_epoch`` would stop it; the epochs that ran.
+
+  The earlier epochs' checkpoints stay, so a second ``train_and_evaluate`` resumes.
+  """
+  real_run_epoch = train._run_epoch
+  calls = []
+
+  def interrupted(run, state, epoch):
+    out = real_run_epoch(run, state, epoch)    # the state buffers are donated by now
+    calls.append(epoch)
+    if epoch == stop_epoch:
+      raise KeyboardInterrupt
+    return out
+
+  train._run_epoch = interrupted
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      train.train_and_evaluate(config, workdir, dataset=dataset)
+  finally:
+    train._run_epoch = real_run_epoch
+  return calls
+
+
 @pytest.fixture(scope="module")
 def dataset():
   return synthetic_dataset()
@@ -120,27 +144,12 @@ def test_end_to_end_writes_metrics_report_and_plots(straight_run):
   assert "sequence-branch gate" in md
 
 
-def test_resume_after_interrupt_matches_straight_run(tmp_path, dataset, straight_run,
-                                                     monkeypatch):
+def test_resume_after_interrupt_matches_straight_run(tmp_path, dataset, straight_run):
   """Ctrl-C during epoch 2, then resume: same per-epoch losses and final params."""
   straight_dir, _ = straight_run
   workdir = str(tmp_path / "resumed")
   config = tiny_config(num_epochs=3)
-  real_run_epoch = train._run_epoch
-  calls = []
-
-  def interrupted(run, state, epoch):
-    out = real_run_epoch(run, state, epoch)    # the state buffers are donated by now
-    calls.append(epoch)
-    if epoch == 2:
-      raise KeyboardInterrupt
-    return out
-
-  monkeypatch.setattr(train, "_run_epoch", interrupted)
-  with pytest.raises(KeyboardInterrupt):
-    train.train_and_evaluate(config, workdir, dataset=dataset)
-  assert calls == [1, 2]
-  monkeypatch.setattr(train, "_run_epoch", real_run_epoch)
+  assert train_until_interrupted(config, workdir, dataset) == [1, 2]
   train.train_and_evaluate(config, workdir, dataset=dataset)
 
   straight = report_lib.read_metrics(os.path.join(straight_dir, "metrics.jsonl"))
