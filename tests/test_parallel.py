@@ -32,6 +32,7 @@ PARAM_ATOL = 1e-5
 GRADIENT_FREE = ("['embed']['bias']", "['norm_embed']['bias']", "['qkv']['bias']")
 EVAL_LOSS_RTOL = 5e-3
 
+
 def train_and_save(workdir: str, interrupt: bool = False) -> dict:
   """The 2-epoch tiny run all tests here compare; this process's devices and processes.
 
