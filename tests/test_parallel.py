@@ -45,12 +45,13 @@ def train_and_save(workdir: str, interrupt: bool = False) -> dict:
   from test_train import synthetic_dataset, tiny_config, train_until_interrupted  # pylint: disable=g-import-not-at-top
   config = tiny_config(num_epochs=2, batch_size=16)
   config.model.norm = "batch"
+  dataset = synthetic_dataset()
   if interrupt:
-    train_until_interrupted(config, workdir, synthetic_dataset())
+    train_until_interrupted(config, workdir, dataset)
     return {"interrupted": True}
-  out = train.train_and_evaluate(config, workdir, dataset=synthetic_dataset())
+  out = train.train_and_evaluate(config, workdir, dataset=dataset)
   records = report.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-  run = run_lib.build_run(config, synthetic_dataset())
+  run = run_lib.build_run(config, dataset)
   with checkpoint.Checkpointer(workdir, 3) as ckpt:
     state, _ = ckpt.restore_latest(run.abstract_state)
   np.savez(os.path.join(workdir, f"params{jax.process_index()}.npz"),
@@ -154,7 +155,6 @@ def four_devices(tmp_path_factory):
 def test_four_devices_train_like_one(tmp_path, four_devices):
   """The one-device reference runs in this process (one CPU device): no start-up."""
   four_dir, four = four_devices
-  (tmp_path / "d1").mkdir()
   one = train_and_save(str(tmp_path / "d1"))
   assert one["devices"] == 1 and four["devices"] == 4
   assert len(one["train_loss_running"]) == 2
